@@ -1,0 +1,18 @@
+# Every dependency comes from a Debian package through find_package
+# (scripts/install-deps.sh installs them). None of their types appear in
+# funnel's public headers; they are private link dependencies, gathered in
+# one INTERFACE target that the layers and the library link privately.
+find_package(OpenMP REQUIRED)
+find_package(Eigen3 3.3 REQUIRED NO_MODULE)
+find_package(dnnl REQUIRED)
+find_package(faiss REQUIRED)
+find_package(nlohmann_json 3.9 REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(utf8proc REQUIRED IMPORTED_TARGET libutf8proc)
+find_package(Threads REQUIRED)
+
+add_library(funnel_deps INTERFACE)
+target_link_libraries(funnel_deps INTERFACE
+  faiss DNNL::dnnl Eigen3::Eigen nlohmann_json::nlohmann_json PkgConfig::utf8proc
+  OpenMP::OpenMP_CXX Threads::Threads)
+install(TARGETS funnel_deps EXPORT funnelTargets)

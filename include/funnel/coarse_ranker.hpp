@@ -1,0 +1,154 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+/// @file
+/// CoarseRanker: an index of item vectors that narrows the catalogue to a few
+/// hundred candidates per query vector.
+///
+/// Result layout (as in FAISS): for nq queries and k results each, distances
+/// and labels are nq x k row-major; row i lists query i's results best first.
+/// For Metric::inner_product "distance" is the inner product (higher is
+/// better); for Metric::l2 it is the squared L2 distance (lower is better).
+/// When fewer than k items are eligible, the tail of a row is padded with
+/// label kNoItem and distance -inf (inner product) or +inf (L2).
+///
+/// Ownership: factories and load functions return std::unique_ptr; a Pipeline
+/// holds its ranker as std::shared_ptr<const CoarseRanker>.
+///
+/// Threading: search() and the other const methods may run concurrently from
+/// many threads. add() and remove() need external exclusion against every
+/// other call unless the implementing header says otherwise.
+
+#include <cstddef>
+#include <filesystem>
+#include <functional>
+#include <span>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "funnel/item_id.hpp"
+#include "funnel/matrix.hpp"
+
+namespace funnel {
+
+/// How vectors are compared.
+enum class Metric { inner_product, l2 };
+
+/// "inner_product" or "l2".
+std::string_view to_string(Metric metric) noexcept;
+
+/// Decides per item whether it may be returned. Implementations must be safe
+/// to call from many threads at once (allows() is const and must not mutate
+/// shared state without synchronisation).
+class IdFilter {
+ public:
+  virtual ~IdFilter() = default;
+  /// True when `id` may appear in results.
+  [[nodiscard]] virtual bool allows(ItemId id) const = 0;
+};
+
+/// Allows only the listed ids.
+class AllowListFilter final : public IdFilter {
+ public:
+  explicit AllowListFilter(std::span<const ItemId> ids) : ids_(ids.begin(), ids.end()) {}
+  [[nodiscard]] bool allows(ItemId id) const override { return ids_.contains(id); }
+
+ private:
+  std::unordered_set<ItemId> ids_;
+};
+
+/// Allows everything except the listed ids.
+class DenyListFilter final : public IdFilter {
+ public:
+  explicit DenyListFilter(std::span<const ItemId> ids) : ids_(ids.begin(), ids.end()) {}
+  [[nodiscard]] bool allows(ItemId id) const override { return !ids_.contains(id); }
+
+ private:
+  std::unordered_set<ItemId> ids_;
+};
+
+/// Allows the ids for which a predicate returns true. The predicate is called
+/// concurrently when searches run concurrently.
+class PredicateFilter final : public IdFilter {
+ public:
+  explicit PredicateFilter(std::function<bool(ItemId)> predicate)
+      : predicate_(std::move(predicate)) {}
+  [[nodiscard]] bool allows(ItemId id) const override { return predicate_(id); }
+
+ private:
+  std::function<bool(ItemId)> predicate_;
+};
+
+/// Allows an id only when every one of its filters does.
+class AllOfFilter final : public IdFilter {
+ public:
+  explicit AllOfFilter(std::vector<const IdFilter*> filters) : filters_(std::move(filters)) {}
+  [[nodiscard]] bool allows(ItemId id) const override {
+    for (const IdFilter* f : filters_) {
+      if (f != nullptr && !f->allows(id)) return false;
+    }
+    return true;
+  }
+
+ private:
+  std::vector<const IdFilter*> filters_;  // not owned
+};
+
+/// Per-call search settings. Implementations may define derived structs
+/// with more fields (as FAISS's SearchParametersIVF) and throw
+/// Error(invalid_argument) when handed a kind they cannot use.
+struct SearchParams {
+  virtual ~SearchParams() = default;
+  /// Items the filter rejects are never returned; applied during the scan,
+  /// not by over-fetching. Not owned; null means no filter.
+  const IdFilter* filter = nullptr;
+};
+
+/// What remove() did.
+struct RemoveReport {
+  std::size_t removed = 0;          ///< ids that were present and are now gone
+  std::vector<ItemId> unknown_ids;  ///< ids that were not in the index
+};
+
+/// An index of item vectors.
+class CoarseRanker {
+ public:
+  virtual ~CoarseRanker() = default;
+
+  [[nodiscard]] virtual std::size_t dim() const = 0;
+  [[nodiscard]] virtual Metric metric() const = 0;
+  /// Number of items currently indexed.
+  [[nodiscard]] virtual std::size_t size() const = 0;
+  /// Short description for logs, e.g. "exact(ip, dim=256)".
+  [[nodiscard]] virtual std::string name() const = 0;
+
+  /// Adds vectors with the host's ids.
+  /// @param[in] vectors n x dim(), finite values
+  /// @param[in] ids     n ids, none already present, none equal to kNoItem
+  /// @throws Error(invalid_argument) naming the row or id for a wrong
+  ///         dimension, a NaN/inf value, or a duplicate id; nothing is added then.
+  virtual void add(MatrixView<const float> vectors, std::span<const ItemId> ids) = 0;
+
+  /// Removes items by id; a removed id is never returned again.
+  /// Unknown ids are reported in the result, not silently ignored.
+  virtual RemoveReport remove(std::span<const ItemId> ids) = 0;
+
+  /// Finds the k best items for each query.
+  /// @param[in]  queries   nq x dim(), finite values
+  /// @param[in]  k         results per query (> 0)
+  /// @param[out] distances nq x k (layout and padding in the file comment)
+  /// @param[out] labels    nq x k item ids
+  /// @param[in]  params    per-call settings, may be null
+  /// @return the number of real (unpadded) results of the query with the fewest
+  /// @throws Error(invalid_argument) for wrong shapes, k == 0, NaN queries, or
+  ///         a params kind this index does not accept.
+  virtual std::size_t search(MatrixView<const float> queries, std::size_t k,
+                             MatrixView<float> distances, MatrixView<ItemId> labels,
+                             const SearchParams* params = nullptr) const = 0;
+
+  /// Writes the index to `path` (and any sidecar next to it), atomically.
+  virtual void save(const std::filesystem::path& path) const = 0;
+};
+
+}  // namespace funnel

@@ -4,10 +4,12 @@
 /// @file
 /// Fusion of per-objective scores into one ranking score.
 ///
-/// weighted_product (the default): score = prod_i (s_i + epsilon)^w_i.
-///   Ranking by it is invariant to rescaling any single objective, so
-///   probabilities and seconds can be mixed without normalisation.
-/// weighted_sum: score = sum_i w_i * s_i.
+/// weighted_product (the default): score = prod_i (s_i + epsilon)^w_i,
+///   computed as exp(sum_i w_i log(s_i + epsilon)) in double precision.
+///   Ranking by it is invariant to rescaling any single objective (up to the
+///   small epsilon), so probabilities and seconds can be mixed without
+///   normalisation. Scores must be finite and >= 0.
+/// weighted_sum: score = sum_i w_i * s_i (scores must be finite).
 /// Objectives not named in `weights` get weight 0 (ignored).
 ///
 /// Threading: a Fusion is immutable after construction; fuse() may run
@@ -16,6 +18,7 @@
 #include <cstddef>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -35,12 +38,15 @@ struct FusionConfig {
   float epsilon = 1e-6F;
 
   /// @throws Error(invalid_argument) for non-finite or negative weights,
-  ///         duplicate names, or a non-positive epsilon.
+  ///         empty or duplicate names, or a non-positive or non-finite
+  ///         epsilon; the message names the objective or field.
   void validate() const;
 };
 
 /// Parses "weighted_product" / "weighted_sum". @throws Error(invalid_argument).
 FusionConfig::Kind parse_fusion_kind(std::string_view name);
+/// "weighted_product" / "weighted_sum".
+std::string_view to_string(FusionConfig::Kind kind) noexcept;
 
 /// Fuses objective scores into one score per candidate.
 class Fusion {
@@ -52,13 +58,17 @@ class Fusion {
 
   /// @param[in]  scores nc x objectives.size()
   /// @param[out] fused  nc values
+  /// @throws Error(invalid_argument) for mismatched shapes, or a score of a
+  ///         weighted objective that is not finite (or negative, for the
+  ///         product); the message names the row and the objective.
   void fuse(MatrixView<const float> scores, std::span<float> fused) const;
 
   [[nodiscard]] const FusionConfig& config() const noexcept { return config_; }
 
  private:
   FusionConfig config_;
-  std::vector<float> column_weights_;  // one per objective column
+  std::vector<std::string> objectives_;  // column names, for messages
+  std::vector<float> column_weights_;    // one per objective column
 };
 
 }  // namespace funnel

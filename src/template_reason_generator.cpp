@@ -6,6 +6,7 @@
 #include <cassert>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -242,6 +243,16 @@ std::string shorten_title(std::string_view title, std::size_t max_chars) {
   std::string out(kept);
   out += kEllipsis;
   return out;
+}
+
+// The request time as HistoryProfile sees it: an unset now_ts (0) means the
+// latest history timestamp. Time phrases must use the same clock as the
+// profile, or "today" could describe an event the profile dated otherwise.
+std::int64_t request_now(const UserContext& user) {
+  if (user.now_ts != 0) return user.now_ts;
+  std::int64_t now = std::numeric_limits<std::int64_t>::min();
+  for (const HistoryEvent& event : user.history) now = std::max(now, event.ts);
+  return now;
 }
 
 // Template key of the time phrase for an event `age_s` seconds old.
@@ -554,7 +565,7 @@ void TemplateReasonGenerator::explain(const UserContext& user, std::span<const R
         const Item& past = catalog_->at(chosen.history_item);
         fill.history_title = shorten_title(past.title, config_.max_title_chars);
         fill.verb = texts.find(verb_key(chosen.history_type))->second;
-        fill.when = texts.find(when_key(user.now_ts - chosen.history_ts))->second;
+        fill.when = texts.find(when_key(request_now(user) - chosen.history_ts))->second;
         break;
       }
       case EvidenceKind::category_affinity: fill.category = chosen.category; break;

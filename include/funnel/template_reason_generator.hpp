@@ -36,6 +36,10 @@
 ///     when that z-score is >= min_objective_z. Needs >= 2 items carrying the
 ///     objective and a non-zero spread. Fields: objective, value = the score.
 ///  7. none: nothing above holds.
+/// Time phrases ("when.*" keys) come from age = now_ts - history_ts: today
+/// (< 1 day), yesterday (1-2 days), this_week (2-7), last_week (7-14),
+/// recently (14-30), earlier (>= 30). An unset now_ts (0) means the latest
+/// history timestamp, as in HistoryProfile.
 /// Variety: items are handled in input (rank) order; once a reason (same kind
 /// and same subject: history item, brand, category, location+category,
 /// objective) has been given max_same_reason times in the batch, the next

@@ -12,15 +12,55 @@
 /// P(purchase | click); "dwell" = linear regression of log(1 + dwell_s) given
 /// a click, reported as expected seconds (>= 0).
 ///
+/// Features, in feature_names() order (x = the candidate, v(.) = catalogue
+/// vector, P = the user's HistoryProfile as of the request or example time):
+///   0  sim_mean           v(x) . P.mean_vector() (0 without history)
+///   1  sim_max            best v(x) . v(h) over history items h != x (0 when none)
+///   2  category_share     P.category_share(category of x)
+///   3  brand_share        P.brand_share(brand of x)
+///   4  price_gap          |log price(x) - P.mean_log_price()| / (P.std_log_price() + 0.25),
+///                         0 when either is unknown
+///   5  price_known        1 when price_gap could be computed, else 0
+///   6  item_popularity    Popularity::item_score(x) from the model's counts
+///   7  coarse_score       Candidate::coarse_score (in training, where no
+///                         coarse stage ran: sim_mean, which is what an exact
+///                         inner-product stage returns for a history-only
+///                         user vector)
+///   8  log_history_events log(1 + P.events())
+///   9  seen_item          1 when x itself is in the counted history
+///  10  purchased_item     1 when the user purchased x in the counted history
+///  11  age                age / 100, 0 when unknown
+///  12  age_known          1 when the profile has an age
+/// Each model standardises the features with the mean and standard
+/// deviation of its training examples (a constant feature gets std 1) and
+/// has a separate, unpenalised bias.
+///
 /// Training examples come from an events log: each `view` is an impression,
 /// labelled clicked when the same user clicks the same item within
 /// attribution_window_s after it; each `click` is labelled converted when the
 /// same user purchases the item within attribution_window_s; each click with
 /// dwell_s is a dwell example. Features of an example are computed from the
-/// history strictly before the example's timestamp, so no label leaks in.
+/// history strictly before the example's timestamp (the last
+/// history.max_events events), so no label leaks in. Events of items that are
+/// not in the catalogue are skipped (and counted in the report). Each
+/// objective holds out its latest validation_fraction of examples (by time)
+/// for early stopping. Item popularity is counted over the events before the
+/// earliest held-out example of any objective, so the validation metrics do
+/// not see popularity from their own period; the saved model keeps those
+/// counts.
 ///
-/// Files: save() writes JSON (format version, feature names, standardisation,
-/// weights per objective, popularity counts), atomically; load() validates it.
+/// Training is deterministic: the same events, users and config (seed
+/// included) give bit-identical weights.
+///
+/// Files: save() writes JSON, atomically:
+///   {"format": "funnel.logistic_fine_ranker", "version": 1,
+///    "features": [names...], "history": {HistoryProfileConfig fields},
+///    "objectives": [{"name": "ctr", "link": "logistic", "mean": [...],
+///                    "std": [...], "bias": b, "weights": [...]}, ...],
+///    "popularity": {"items": [ids...], "counts": [...]},
+///    "checksum": "<mix64 of the document without this field, hex>"}
+/// load() validates the format name, version, feature names, array lengths,
+/// that every number is finite (std > 0, counts >= 0) and the checksum.
 ///
 /// Threading: immutable after construction; score() may run concurrently.
 /// The ranker shares ownership of the catalogue, which must carry vectors.
@@ -31,6 +71,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "funnel/catalog.hpp"
@@ -53,6 +94,8 @@ struct LogisticTrainConfig {
   std::size_t patience = 4;  ///< epochs without validation improvement before stopping
   std::uint64_t seed = 42;
   std::int64_t attribution_window_s = 3600;
+  /// How the history before each example is summarised; saved with the
+  /// model and used by score().
   HistoryProfileConfig history;
 
   /// @throws Error(invalid_argument) naming the bad field.
@@ -64,11 +107,17 @@ struct ObjectiveTrainReport {
   std::string objective;
   std::size_t train_examples = 0;
   std::size_t validation_examples = 0;
-  double positive_rate = 0.0;      ///< classification objectives: share of positives
-  double validation_metric = 0.0;  ///< AUC (ctr, cvr) or RMSE of log dwell (dwell)
-  std::size_t epochs = 0;
+  double positive_rate = 0.0;      ///< classification objectives: share of positives (dwell: 0)
+  double validation_metric = 0.0;  ///< AUC (ctr, cvr) or RMSE of log(1 + dwell_s) (dwell)
+  /// "auc", "rmse", or "log_loss" when the validation split of a
+  /// classification objective lacks a class (AUC is then undefined).
+  std::string validation_metric_name;
+  std::size_t epochs = 0;          ///< epochs run, early stopping included
+  std::size_t skipped_events = 0;  ///< events of items not in the catalogue (all objectives)
 };
 
+/// One logistic (ctr, cvr) or linear (dwell) model per objective over
+/// history, item and profile features.
 class LogisticFineRanker final : public FineRanker {
  public:
   ~LogisticFineRanker() override;
@@ -80,8 +129,9 @@ class LogisticFineRanker final : public FineRanker {
   /// @param[in] catalog must carry vectors (Catalog::set_vectors)
   /// @param[in] users   profiles; events of unknown users still train, without profile features
   /// @param[out] report one entry per objective, may be null
-  /// @throws Error(invalid_argument) when the catalogue has no vectors, the
-  ///         config is invalid, or an objective has no example of some class.
+  /// @throws Error(invalid_argument) when the catalogue is null or has no
+  ///         vectors, the config is invalid, or an objective has fewer than
+  ///         two examples or no example of some class (the message names it).
   static std::unique_ptr<LogisticFineRanker> train(
       std::shared_ptr<const Catalog> catalog, std::span<const Event> events,
       std::span<const UserProfile> users, const LogisticTrainConfig& config = {},
@@ -92,17 +142,38 @@ class LogisticFineRanker final : public FineRanker {
   static std::unique_ptr<LogisticFineRanker> load(const std::filesystem::path& path,
                                                   std::shared_ptr<const Catalog> catalog);
 
+  /// Writes the model as JSON (see the file comment), atomically.
+  /// @throws Error(io) naming the path.
   void save(const std::filesystem::path& path) const;
 
+  /// "ctr", "cvr", "dwell".
   [[nodiscard]] std::span<const std::string> objectives() const override;
   [[nodiscard]] std::string name() const override { return "logistic"; }
+  /// Scores candidates: ctr and cvr as probabilities in [0, 1], dwell as
+  /// expected seconds (>= 0). Builds one HistoryProfile for the request and
+  /// allocates nothing per candidate.
+  /// @throws Error(invalid_argument) when scores is not candidates.size() x 3
+  ///         or a candidate id is not in the catalogue (the message names it).
   void score(const UserContext& user, std::span<const Candidate> candidates,
              MatrixView<float> scores) const override;
 
   /// Computes the feature rows for these candidates (before standardisation).
   /// @param[out] features candidates.size() x feature_names().size()
+  /// @throws Error(invalid_argument) as score().
   void features(const UserContext& user, std::span<const Candidate> candidates,
                 MatrixView<float> features) const;
+
+  /// Bias of one objective's model (standardised feature space).
+  /// @throws Error(invalid_argument) for an unknown objective name.
+  [[nodiscard]] double bias(std::string_view objective) const;
+  /// Weights of one objective's model on the standardised features, in
+  /// feature_names() order.
+  /// @throws Error(invalid_argument) for an unknown objective name.
+  [[nodiscard]] std::span<const double> weights(std::string_view objective) const;
+  /// The history summary settings the model was trained with.
+  [[nodiscard]] const HistoryProfileConfig& history_config() const noexcept;
+  /// The item popularity counts the model uses.
+  [[nodiscard]] const Popularity& popularity() const noexcept;
 
  private:
   struct Impl;

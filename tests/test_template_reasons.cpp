@@ -44,7 +44,7 @@ constexpr std::int64_t kDay = 86400;
 constexpr std::int64_t kNow = 1'700'000'000;
 
 struct ItemSpec {
-  ItemId id;
+  ItemId id = funnel::kNoItem;
   std::string title;
   std::string category;
   std::string brand;
@@ -694,7 +694,7 @@ std::string locale_block(const std::string& locale, const std::map<std::string, 
   bool first = true;
   for (const auto& [k, v] : texts) {
     if (drop.contains(k)) continue;
-    out += (first ? "\n  \"" : ",\n  \"") + k + "\": \"" + v + "\"";
+    out.append(first ? "\n  \"" : ",\n  \"").append(k).append("\": \"").append(v).append("\"");
     first = false;
   }
   return out + "\n}";

@@ -41,7 +41,7 @@ struct ModelParams {
   // Click: logit = click_bias + click_interest*z_click + click_affinity*affinity
   //              + click_quality*quality + click_loyalty*loyalty
   //              - click_price*price_sensitivity*(over + price_under_weight*under)
-  double click_bias = -4.6;          ///< intercept of the click logit
+  double click_bias = -4.9;          ///< intercept of the click logit
   double click_interest = 1.0;       ///< weight of the standardised latent match z_click
   double click_affinity = 0.8;       ///< weight of the demographic category affinity
   double click_quality = 0.35;       ///< weight of item quality

@@ -655,6 +655,7 @@ class ModelReader {
   explicit ModelReader(const std::filesystem::path& path) : path_(path) {}
 
   [[noreturn]] void fail(std::string_view field, std::string_view what) const {
+    if (field.empty()) detail::fail(ErrorCode::format, path_.string(), ": ", what);
     detail::fail(ErrorCode::format, path_.string(), ": field '", field, "': ", what);
   }
 

@@ -16,12 +16,15 @@ using funnel::MatrixView;
 
 namespace {
 
-const std::vector<std::string> kObjectives{"ctr", "cvr", "dwell"};
+const std::vector<std::string>& objective_names() {
+  static const std::vector<std::string> names{"ctr", "cvr", "dwell"};
+  return names;
+}
 
 std::vector<float> fuse(const Fusion& fusion, const std::vector<float>& scores) {
-  const std::size_t rows = scores.size() / kObjectives.size();
+  const std::size_t rows = scores.size() / objective_names().size();
   std::vector<float> out(rows);
-  fusion.fuse(MatrixView<const float>(scores.data(), rows, kObjectives.size()), out);
+  fusion.fuse(MatrixView<const float>(scores.data(), rows, objective_names().size()), out);
   return out;
 }
 
@@ -31,7 +34,7 @@ TEST_CASE("weighted product and weighted sum match a hand computation", "[fusion
   const std::vector<float> scores{0.1F, 0.2F, 16.0F,  //
                                   0.0F, 0.5F, 4.0F,   //
                                   0.3F, 0.0F, 0.0F};
-  const Fusion product(FusionConfig{}, kObjectives);  // ctr 1, cvr 1, dwell 0.5, eps 1e-6
+  const Fusion product(FusionConfig{}, objective_names());  // ctr 1, cvr 1, dwell 0.5, eps 1e-6
   const double eps = static_cast<double>(1e-6F);
   auto f = [&](double a, double b, double c) { return (a + eps) * (b + eps) * std::sqrt(c + eps); };
   const auto fused = fuse(product, scores);
@@ -45,7 +48,7 @@ TEST_CASE("weighted product and weighted sum match a hand computation", "[fusion
   FusionConfig sum_config;
   sum_config.kind = FusionConfig::Kind::weighted_sum;
   sum_config.weights = {{"ctr", 2.0F}, {"dwell", 0.1F}};  // cvr unnamed: weight 0
-  const Fusion sum(sum_config, kObjectives);
+  const Fusion sum(sum_config, objective_names());
   const auto summed = fuse(sum, scores);
   CHECK(summed[0] == Approx(2.0 * 0.1 + 0.1 * 16.0));
   CHECK(summed[1] == Approx(0.1 * 4.0));
@@ -73,7 +76,7 @@ TEST_CASE("weighted product ranking ignores the scale of one objective", "[fusio
   std::vector<float> scaled_ctr = scores;
   for (std::size_t i = 0; i < rows; ++i) scaled_ctr[i * 3] *= 100.0F;
 
-  const Fusion fusion(FusionConfig{}, kObjectives);
+  const Fusion fusion(FusionConfig{}, objective_names());
   const auto base = fuse(fusion, scores);
   const auto in_minutes = fuse(fusion, minutes);
   const auto in_percent = fuse(fusion, scaled_ctr);
@@ -96,7 +99,7 @@ TEST_CASE("weighted product ranking ignores the scale of one objective", "[fusio
   // changes how much it counts against ctr.
   FusionConfig sum_config;
   sum_config.kind = FusionConfig::Kind::weighted_sum;
-  const Fusion sum(sum_config, kObjectives);
+  const Fusion sum(sum_config, objective_names());
   const std::vector<float> two{0.9F, 0.1F, 10.0F, 0.1F, 0.1F, 20.0F};
   const std::vector<float> two_minutes{0.9F, 0.1F, 10.0F / 60.0F, 0.1F, 0.1F, 20.0F / 60.0F};
   CHECK(fuse(sum, two)[0] < fuse(sum, two)[1]);
@@ -116,14 +119,14 @@ TEST_CASE("Fusion validation names the field, objective and row", "[fusion]") {
   config = FusionConfig{};
   config.epsilon = 0.0F;
   CHECK_THROWS_WITH(config.validate(), Contains("epsilon"));
-  CHECK_THROWS_WITH(Fusion(config, kObjectives), Contains("epsilon"));
+  CHECK_THROWS_WITH(Fusion(config, objective_names()), Contains("epsilon"));
 
   config = FusionConfig{};
   config.weights = {{"ctr", 1.0F}, {"revenue", 1.0F}};
-  CHECK_THROWS_WITH(Fusion(config, kObjectives),
+  CHECK_THROWS_WITH(Fusion(config, objective_names()),
                     Contains("'revenue'") && Contains("ctr, cvr, dwell"));
 
-  const Fusion fusion(FusionConfig{}, kObjectives);
+  const Fusion fusion(FusionConfig{}, objective_names());
   std::vector<float> out(2);
   const std::vector<float> scores{0.1F, 0.2F, 3.0F, 0.1F, -0.5F, 3.0F};
   CHECK_THROWS_WITH(fusion.fuse(MatrixView<const float>(scores.data(), 2, 3), out),

@@ -375,7 +375,7 @@ TEST_CASE("score shapes, ranges, unknown ids and features", "[logistic]") {
   }
 
   // Shape and id errors.
-  std::vector<float> small(3 * 2);
+  std::vector<float> small(6);  // 3 x 2
   CHECK_THROWS_WITH(
       ranker.score(user, std::span(candidates).first(3), MatrixView<float>(small.data(), 3, 2)),
       Contains("3 x 2, expected 3 x 3"));
@@ -383,7 +383,7 @@ TEST_CASE("score shapes, ranges, unknown ids and features", "[logistic]") {
       ranker.score(user, std::span(candidates).first(3), MatrixView<float>(small.data(), 2, 3)),
       Contains("expected 3 x 3"));
   const std::vector<Candidate> unknown{{100, 0.0F}, {424242, 0.0F}};
-  std::vector<float> out(2 * 3);
+  std::vector<float> out(6);  // 2 x 3
   CHECK_THROWS_WITH(ranker.score(user, unknown, MatrixView<float>(out.data(), 2, 3)),
                     Contains("424242") && Contains("candidate 1"));
 

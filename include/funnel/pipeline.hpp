@@ -95,7 +95,12 @@ class Pipeline {
                                          const RecommendOptions& options = {}) const;
 
   /// The user's query vector: the weighted, normalised sum of the encoded
-  /// query text and the encoded titles of recent history items.
+  /// query text and the vectors of recent history items (the catalogue's
+  /// vectors when it carries vectors of the encoder's dimension, otherwise
+  /// the encoded titles). History items are weighted by their strongest event
+  /// type (view 0.25, click 1, cart 2, purchase 3) and by recency
+  /// (0.5^(age / history_half_life_s)), normalised to sum 1; the query adds
+  /// query_weight times its own vector.
   /// @param[out] out dim() floats; all zero when the user has neither.
   void user_vector(const UserContext& user, std::span<float> out) const;
 

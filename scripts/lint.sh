@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# clang-format (check only) and clang-tidy over funnel's own sources.
+# Needs a configured build with compile_commands.json (the release preset).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}
+[ -f "$build/compile_commands.json" ] || cmake --preset release >/dev/null
+
+mapfile -t files < <(git ls-files '*.cpp' '*.hpp' | grep -v '^tests/consumer/')
+echo "lint: clang-format on ${#files[@]} files"
+clang-format --dry-run --Werror "${files[@]}"
+
+mapfile -t units < <(git ls-files 'src/*.cpp' 'tools/*.cpp' 'examples/*.cpp' 'benchmarks/*.cpp')
+echo "lint: clang-tidy on ${#units[@]} translation units"
+printf '%s\n' "${units[@]}" | xargs -P "$(nproc)" -n 4 clang-tidy -p "$build" --quiet
+echo "lint: clean"

@@ -146,10 +146,6 @@ void HistoryProfile::build(std::span<const HistoryEvent> history, std::int64_t n
     const Item& item = catalog.items()[event.row];
     add_weight(category_weight_, item.category, event.weight);
     add_weight(brand_weight_, item.brand, event.weight);
-    if (dim > 0) {
-      const std::span<const float> v = vectors.row(event.row);
-      for (std::size_t j = 0; j < dim; ++j) vector_sum[j] += event.weight * v[j];
-    }
     if (event.type >= EventType::cart && event.weight > 0.0 && has_log_price(item)) {
       any_intent_price = true;
     }
@@ -180,6 +176,30 @@ void HistoryProfile::build(std::span<const HistoryEvent> history, std::int64_t n
     std_log_price_ = std::sqrt(var_sum / price_weight);
   }
 
+  // One entry per distinct item, sorted by id, holding its strongest event;
+  // the taste vector adds each item's vector once, with its summed weight.
+  std::sort(counted.begin(), counted.end(), [](const Counted& a, const Counted& b) {
+    if (a.item != b.item) return a.item < b.item;
+    return stronger(a.type, a.ts, b.type, b.ts);
+  });
+  used_.reserve(counted.size());
+  used_rows_.reserve(counted.size());
+  for (std::size_t begin = 0; begin < counted.size();) {
+    const Counted& strongest = counted[begin];
+    double item_weight = 0.0;
+    std::size_t end = begin;
+    for (; end < counted.size() && counted[end].item == strongest.item; ++end) {
+      item_weight += counted[end].weight;
+    }
+    used_.push_back({strongest.item, strongest.type, strongest.ts, 0.0F});
+    used_rows_.push_back(strongest.row);
+    if (dim > 0) {
+      const std::span<const float> v = vectors.row(strongest.row);
+      for (std::size_t j = 0; j < dim; ++j) vector_sum[j] += item_weight * v[j];
+    }
+    begin = end;
+  }
+
   if (dim > 0) {
     double norm2 = 0.0;
     for (const double x : vector_sum) norm2 += x * x;
@@ -190,17 +210,6 @@ void HistoryProfile::build(std::span<const HistoryEvent> history, std::int64_t n
         mean_vector_[j] = static_cast<float>(vector_sum[j] * inv);
       }
     }
-  }
-
-  // One entry per distinct item, sorted by id, holding its strongest event.
-  std::sort(counted.begin(), counted.end(), [](const Counted& a, const Counted& b) {
-    if (a.item != b.item) return a.item < b.item;
-    return stronger(a.type, a.ts, b.type, b.ts);
-  });
-  used_.reserve(counted.size());
-  for (const Counted& event : counted) {
-    if (!used_.empty() && used_.back().item == event.item) continue;
-    used_.push_back({event.item, event.type, event.ts, event.row});
   }
 }
 
@@ -233,11 +242,12 @@ std::optional<HistoryProfile::Match> HistoryProfile::most_similar(std::span<cons
   detail::require(vector.size() == dim, "HistoryProfile::most_similar: vector has ", vector.size(),
                   " values, the catalogue's vectors have ", dim);
   const MatrixView<const float> vectors = catalog_->vectors();
-  const Used* best = nullptr;
+  const Match* best = nullptr;
   float best_similarity = 0.0F;
-  for (const Used& used : used_) {
+  for (std::size_t i = 0; i < used_.size(); ++i) {
+    const Match& used = used_[i];
     if (used.item == exclude) continue;
-    const std::span<const float> v = vectors.row(used.row);
+    const std::span<const float> v = vectors.row(used_rows_[i]);
     float similarity = 0.0F;
     for (std::size_t j = 0; j < dim; ++j) similarity += v[j] * vector[j];
     if (best == nullptr || similarity > best_similarity ||
@@ -252,9 +262,9 @@ std::optional<HistoryProfile::Match> HistoryProfile::most_similar(std::span<cons
 
 std::optional<HistoryProfile::Match> HistoryProfile::strongest_event(ItemId item) const noexcept {
   const auto it = std::lower_bound(used_.begin(), used_.end(), item,
-                                   [](const Used& used, ItemId id) { return used.item < id; });
+                                   [](const Match& used, ItemId id) { return used.item < id; });
   if (it == used_.end() || it->item != item) return std::nullopt;
-  return Match{it->item, it->type, it->ts, 0.0F};
+  return *it;
 }
 
 bool HistoryProfile::purchased(ItemId item) const noexcept {

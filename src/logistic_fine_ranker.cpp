@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include <Eigen/Core>
 #include <nlohmann/json.hpp>
 
 #include "funnel/error.hpp"
@@ -247,22 +248,71 @@ std::string_view link_name(detail::GlmKind kind) {
   return kind == detail::GlmKind::logistic ? "logistic" : "identity";
 }
 
+// What the features of many candidates share about one history: the
+// history items' vectors as one matrix, so that a candidate's similarities
+// to all of them are one vectorised matrix-vector product.
+class HistoryVectors {
+ public:
+  HistoryVectors(const Catalog& catalog, const HistoryProfile& profile)
+      : dim_(catalog.vector_dim()) {
+    const std::span<const HistoryProfile::Match> items = profile.items();
+    matrix_.resize(static_cast<Eigen::Index>(items.size()), static_cast<Eigen::Index>(dim_));
+    ids_.reserve(items.size());
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const std::span<const float> v = catalog.vector(items[i].item);
+      assert(v.size() == dim_);
+      std::copy(v.begin(), v.end(), matrix_.row(static_cast<Eigen::Index>(i)).data());
+      ids_.push_back(items[i].item);
+    }
+    similarities_.resize(static_cast<Eigen::Index>(items.size()));
+    const std::span<const float> mean = profile.mean_vector();
+    if (!mean.empty()) mean_.assign(mean.begin(), mean.end());
+  }
+
+  // v . mean history vector (0 without history).
+  [[nodiscard]] float sim_mean(std::span<const float> v) const {
+    if (mean_.empty()) return 0.0F;
+    return ConstVector(v.data(), static_cast<Eigen::Index>(dim_))
+        .dot(ConstVector(mean_.data(), static_cast<Eigen::Index>(dim_)));
+  }
+
+  // Best v . h over history items h other than `exclude` (0 when none);
+  // the value HistoryProfile::most_similar reports, computed in one batch.
+  [[nodiscard]] float sim_max(std::span<const float> v, ItemId exclude) {
+    if (ids_.empty()) return 0.0F;
+    similarities_.noalias() = matrix_ * ConstVector(v.data(), static_cast<Eigen::Index>(dim_));
+    bool any = false;
+    float best = 0.0F;
+    for (std::size_t i = 0; i < ids_.size(); ++i) {
+      if (ids_[i] == exclude) continue;
+      const float s = similarities_[static_cast<Eigen::Index>(i)];
+      if (!any || s > best) best = s;
+      any = true;
+    }
+    return best;
+  }
+
+ private:
+  using ConstVector = Eigen::Map<const Eigen::VectorXf>;
+  std::size_t dim_;
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> matrix_;
+  std::vector<ItemId> ids_;
+  std::vector<float> mean_;
+  Eigen::VectorXf similarities_;  // scratch, one per history item
+};
+
 // The features of one (history, candidate) pair; `coarse` nullopt means
 // "no coarse stage ran": use sim_mean (see the header).
 void compute_features(const Catalog& catalog, const Popularity& popularity,
-                      const HistoryProfile& profile, std::optional<int> age, std::size_t row,
-                      std::optional<float> coarse, std::span<float> out) {
+                      const HistoryProfile& profile, HistoryVectors& history,
+                      std::optional<int> age, std::size_t row, std::optional<float> coarse,
+                      std::span<float> out) {
   assert(out.size() == kFeatures);
   const Item& item = catalog.items()[row];
   const std::span<const float> v = catalog.vectors().row(row);
-  const std::span<const float> mean = profile.mean_vector();
-  float sim_mean = 0.0F;
-  if (!mean.empty()) {
-    for (std::size_t j = 0; j < v.size(); ++j) sim_mean += v[j] * mean[j];
-  }
-  const std::optional<HistoryProfile::Match> match = profile.most_similar(v, item.id);
+  const float sim_mean = history.sim_mean(v);
   out[kSimMean] = sim_mean;
-  out[kSimMax] = match ? match->similarity : 0.0F;
+  out[kSimMax] = history.sim_max(v, item.id);
   out[kCategoryShare] = static_cast<float>(profile.category_share(item.category));
   out[kBrandShare] = static_cast<float>(profile.brand_share(item.brand));
   const std::optional<double> mean_log_price = profile.mean_log_price();
@@ -355,11 +405,12 @@ void LogisticFineRanker::features(const UserContext& user, std::span<const Candi
                   ", expected ", candidates.size(), " x ", kFeatures);
   const Catalog& catalog = *impl_->catalog;
   const HistoryProfile profile(catalog, user, impl_->history);
+  HistoryVectors history(catalog, profile);
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const std::size_t row = catalog.index_of(candidates[i].id);
     detail::require(row != Catalog::npos, "LogisticFineRanker: candidate ", i, " has item id ",
                     candidates[i].id, ", which is not in the catalogue");
-    compute_features(catalog, impl_->popularity, profile, user.profile.age, row,
+    compute_features(catalog, impl_->popularity, profile, history, user.profile.age, row,
                      candidates[i].coarse_score, features.row(i));
   }
 }
@@ -371,12 +422,13 @@ void LogisticFineRanker::score(const UserContext& user, std::span<const Candidat
                   ", expected ", candidates.size(), " x ", kObjectives);
   const Catalog& catalog = *impl_->catalog;
   const HistoryProfile profile(catalog, user, impl_->history);
+  HistoryVectors history(catalog, profile);
   std::array<float, kFeatures> x{};
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const std::size_t row = catalog.index_of(candidates[i].id);
     detail::require(row != Catalog::npos, "LogisticFineRanker: candidate ", i, " has item id ",
                     candidates[i].id, ", which is not in the catalogue");
-    compute_features(catalog, impl_->popularity, profile, user.profile.age, row,
+    compute_features(catalog, impl_->popularity, profile, history, user.profile.age, row,
                      candidates[i].coarse_score, x);
     for (std::size_t k = 0; k < kObjectives; ++k) scores(i, k) = impl_->models[k].output(x);
   }
@@ -478,6 +530,7 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::train(
     const std::optional<int> age = found == profile_of.end() ? std::nullopt : found->second->age;
 
     std::optional<HistoryProfile> profile;
+    std::optional<HistoryVectors> history;
     std::size_t profile_end = Catalog::npos;  // the history prefix the profile summarises
     std::size_t prefix_end = 0;               // first event with the current ts
     for (std::size_t p = 0; p < timeline.size(); ++p) {
@@ -492,10 +545,11 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::train(
         profile.emplace(*catalog,
                         std::span<const HistoryEvent>(timeline).subspan(begin, prefix_end - begin),
                         event.ts, config.history);
+        history.emplace(*catalog, *profile);
         profile_end = prefix_end;
       }
-      compute_features(*catalog, no_popularity, *profile, age, catalog->index_of(event.item),
-                       std::nullopt, x);
+      compute_features(*catalog, no_popularity, *profile, *history, age,
+                       catalog->index_of(event.item), std::nullopt, x);
       const auto add = [&](ExampleSet& set, float label) {
         set.x.insert(set.x.end(), x.begin(), x.end());
         set.y.push_back(label);

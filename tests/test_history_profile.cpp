@@ -171,6 +171,18 @@ TEST_CASE("HistoryProfile most_similar, strongest event and purchased", "[histor
   CHECK(profile.strongest_event(2)->type == EventType::cart);
   CHECK_FALSE(profile.strongest_event(5).has_value());
 
+  // One entry per distinct item, sorted by id, with its strongest event.
+  const auto items = profile.items();
+  REQUIRE(items.size() == 4);
+  CHECK(items[0].item == 1);
+  CHECK(items[0].type == EventType::purchase);
+  CHECK(items[1].item == 2);
+  CHECK(items[1].type == EventType::cart);
+  CHECK(items[2].item == 3);
+  CHECK(items[2].type == EventType::view);
+  CHECK(items[3].item == 4);
+  CHECK(items[3].ts == 10000);
+
   const std::vector<float> wrong_size{1.0F, 0.0F};
   CHECK_THROWS_AS(profile.most_similar(wrong_size), funnel::Error);
 }

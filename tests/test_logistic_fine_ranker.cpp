@@ -365,6 +365,12 @@ TEST_CASE("score shapes, ranges, unknown ids and features", "[logistic]") {
   const HistoryProfile profile(*t.world.catalog, user, ranker.history_config());
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const funnel::Item& item = t.world.catalog->at(candidates[i].id);
+    const auto v = t.world.catalog->vector(item.id);
+    const auto match = profile.most_similar(v, item.id);
+    CHECK(features(i, 1) == Approx(match ? match->similarity : 0.0F).margin(1e-5));
+    double dot = 0.0;
+    for (std::size_t j = 0; j < v.size(); ++j) dot += v[j] * profile.mean_vector()[j];
+    CHECK(features(i, 0) == Approx(dot).margin(1e-5));
     CHECK(features(i, 2) == Approx(profile.category_share(item.category)));
     CHECK(features(i, 3) == Approx(profile.brand_share(item.brand)));
     CHECK(features(i, 6) == Approx(ranker.popularity().item_score(item.id)));

@@ -123,18 +123,18 @@ class HistoryProfile {
   /// Whether the user purchased this item in the counted history.
   [[nodiscard]] bool purchased(ItemId item) const noexcept;
 
+  /// The counted distinct items, sorted by id, each with its strongest
+  /// counted event (similarity 0). Lets a caller compare many vectors with
+  /// the history in one batch instead of calling most_similar() for each.
+  [[nodiscard]] std::span<const Match> items() const noexcept { return used_; }
+
  private:
-  struct Used {
-    ItemId item;
-    EventType type;
-    std::int64_t ts;
-    std::size_t row;  // row in the catalogue
-  };
   void build(std::span<const HistoryEvent> history, std::int64_t now_ts,
              const HistoryProfileConfig& config);
 
   const Catalog* catalog_;
-  std::vector<Used> used_;  // one entry per distinct item, strongest event kept
+  std::vector<Match> used_;             // one entry per distinct item, strongest event kept
+  std::vector<std::size_t> used_rows_;  // catalogue row of each used_ entry
   std::size_t counted_ = 0;
   // Few distinct categories and brands per user: linear search over views of
   // the catalogue's strings beats hashing std::string keys.

@@ -13,7 +13,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
+#include <cassert>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -24,6 +27,13 @@
 #include <type_traits>
 #include <unordered_set>
 #include <utility>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FUNNEL_EXACT_X86 1
+#else
+#define FUNNEL_EXACT_X86 0
+#endif
 
 #include <Eigen/Core>
 #include <faiss/IndexFlat.h>
@@ -44,12 +54,12 @@ static_assert(std::is_same_v<faiss::Index::idx_t, ItemId>,
 
 namespace {
 
-// Stored rows multiplied per GEMM call: bounds the score buffer to
-// kQueryChunk x kRowBlock floats whatever the index size.
+// Portable kernel: stored rows multiplied per Eigen GEMM call, which bounds
+// the score buffer to kQueryChunk x kRowBlock floats whatever the index size.
 constexpr std::size_t kRowBlock = 4096;
-// Queries per GEMM call. Fixed (not derived from the thread count) so that
-// every score is computed by the same GEMM shape whatever the thread count,
-// which keeps results bit-identical across thread counts.
+// Portable kernel: queries per GEMM call. Fixed (not derived from the thread
+// count) so that every score is computed by the same GEMM shape whatever the
+// thread count, which keeps results bit-identical across thread counts.
 constexpr std::size_t kQueryChunk = 64;
 
 constexpr std::string_view kFormatName = "funnel.exact_coarse_ranker";
@@ -65,12 +75,18 @@ std::string_view short_name(Metric metric) { return metric == Metric::l2 ? "l2" 
 // Higher inner products are better; lower L2 distances are better.
 constexpr bool higher_is_better(Metric metric) { return metric == Metric::inner_product; }
 
-// The value that pads a row when fewer than k items are eligible: the worst
-// possible distance of the metric.
-float padding_distance(Metric metric) {
+// The worst possible distance of the metric; also what pads a row when
+// fewer than k items are eligible.
+constexpr float padding_distance(Metric metric) {
   return higher_is_better(metric) ? -std::numeric_limits<float>::infinity()
                                   : std::numeric_limits<float>::infinity();
 }
+
+// A threshold that no finite distance passes (used for unused SIMD lanes).
+constexpr float reject_all(Metric metric) { return -padding_distance(metric); }
+
+// ---------------------------------------------------------------------------
+// Top-k collection
 
 struct Candidate {
   float distance;
@@ -93,18 +109,25 @@ struct Ranks {
 };
 
 // The k best candidates seen so far for one query, kept in caller-owned
-// storage of k elements as a heap whose front is the worst of them.
+// storage of k elements as a heap whose front is the worst of them. The
+// query's threshold lives in a caller-owned slot too, so that the SIMD scans
+// can compare a whole chunk of queries against their thresholds at once: it
+// is the distance of the worst kept candidate once k are kept, and the worst
+// possible distance before, so that a candidate strictly worse than the
+// threshold can be rejected without looking at the heap.
 template <Metric kMetric>
 class TopK {
  public:
-  TopK(Candidate* storage, std::size_t k) : heap_(storage), k_(k) {}
+  TopK(Candidate* storage, std::size_t k, float* threshold)
+      : heap_(storage), k_(k), threshold_(threshold) {
+    *threshold_ = padding_distance(kMetric);
+  }
 
   // Offers a candidate. `allows` (the filter) is consulted only when the
   // candidate would enter, so rejected items never occupy a slot.
   template <class Allows>
   void offer(float distance, ItemId id, const Allows& allows) {
-    // Fast path: strictly worse than the current worst of a full heap.
-    if (higher_is_better(kMetric) ? distance < threshold_ : distance > threshold_) return;
+    if (higher_is_better(kMetric) ? distance < *threshold_ : distance > *threshold_) return;
     if (size_ == k_) {
       const Candidate& worst = heap_[0];
       if (!Ranks<kMetric>::better(distance, id, worst.distance, worst.id)) return;
@@ -118,7 +141,7 @@ class TopK {
       std::push_heap(heap_, heap_ + size_, Ranks<kMetric>{});
       if (size_ < k_) return;
     }
-    threshold_ = heap_[0].distance;
+    *threshold_ = heap_[0].distance;
   }
 
   [[nodiscard]] std::size_t size() const { return size_; }
@@ -132,9 +155,40 @@ class TopK {
   Candidate* heap_;
   std::size_t k_;
   std::size_t size_ = 0;
-  // Distance of the worst kept candidate once the heap is full; until then
-  // the worst possible value, so that the fast path never rejects.
-  float threshold_ = padding_distance(kMetric);
+  float* threshold_;
+};
+
+// The heaps of all queries of one search (or of one worker's share of the
+// stored rows). thresholds()[q] belongs to query q; the slots past the last
+// query (unused lanes of the last SIMD chunk) reject everything.
+template <Metric kMetric>
+class HeapSet {
+ public:
+  HeapSet(std::size_t nq, std::size_t k, std::size_t padded_nq)
+      : storage_(nq * k), thresholds_(padded_nq, reject_all(kMetric)) {
+    heaps_.reserve(nq);
+    for (std::size_t q = 0; q < nq; ++q) {
+      heaps_.emplace_back(storage_.data() + q * k, k, &thresholds_[q]);
+    }
+  }
+  HeapSet(const HeapSet&) = delete;
+  HeapSet& operator=(const HeapSet&) = delete;
+  HeapSet(HeapSet&&) noexcept = default;  // the buffers move, the pointers stay valid
+  HeapSet& operator=(HeapSet&&) = delete;
+  ~HeapSet() = default;
+
+  [[nodiscard]] TopK<kMetric>* heaps(std::size_t first_query) {
+    return heaps_.data() + first_query;
+  }
+  [[nodiscard]] TopK<kMetric>& operator[](std::size_t q) { return heaps_[q]; }
+  [[nodiscard]] float* thresholds(std::size_t first_query) {
+    return thresholds_.data() + first_query;
+  }
+
+ private:
+  std::vector<Candidate> storage_;
+  std::vector<float> thresholds_;
+  std::vector<TopK<kMetric>> heaps_;
 };
 
 // Everything one search() call reads.
@@ -151,22 +205,29 @@ struct SearchInput {
   const IdFilter* filter;
 };
 
+// The filter as the heaps consult it.
+struct Allows {
+  const IdFilter* filter;
+  bool operator()(ItemId id) const { return filter == nullptr || filter->allows(id); }
+};
+
 std::size_t div_up(std::size_t a, std::size_t b) { return (a + b - 1) / b; }
 
+// ---------------------------------------------------------------------------
+// Portable kernel: Eigen GEMM (built for the baseline ISA) + scalar scan.
+
 // Scores query chunks [chunk_begin, chunk_end) against row blocks
-// [block_begin, block_end) and offers every score to the heap of its query;
-// `heaps[i]` belongs to query chunk_begin * kQueryChunk + i. Row blocks are
-// the outer loop so that each block of stored vectors is read from memory
-// once per call rather than once per query chunk.
+// [block_begin, block_end) and offers every score to its query's heap. Row
+// blocks are the outer loop so that each block of stored vectors comes from
+// memory once per call rather than once per query chunk.
 template <Metric kMetric>
-void scan_range(const SearchInput& in, std::size_t chunk_begin, std::size_t chunk_end,
-                std::size_t block_begin, std::size_t block_end, std::span<TopK<kMetric>> heaps) {
+void scan_range_portable(const SearchInput& in, std::size_t chunk_begin, std::size_t chunk_end,
+                         std::size_t block_begin, std::size_t block_end, HeapSet<kMetric>& heaps) {
   const std::size_t first_query = chunk_begin * kQueryChunk;
   const std::size_t last_query = std::min(in.nq, chunk_end * kQueryChunk);
   std::vector<float> scores(std::min(kQueryChunk, last_query - first_query) *
                             std::min(kRowBlock, in.count));
-  const auto always = [](ItemId /*id*/) { return true; };
-  const auto filtered = [filter = in.filter](ItemId id) { return filter->allows(id); };
+  const Allows allows{in.filter};
 
   for (std::size_t block = block_begin; block < block_end; ++block) {
     const std::size_t row0 = block * kRowBlock;
@@ -184,28 +245,267 @@ void scan_range(const SearchInput& in, std::size_t chunk_begin, std::size_t chun
       s.noalias() = q * x.transpose();
       for (std::size_t i = 0; i < qn; ++i) {
         const float* row = scores.data() + i * rows;
-        TopK<kMetric>& heap = heaps[q0 + i - first_query];
+        TopK<kMetric>& heap = heaps[q0 + i];
         const float query_norm = in.query_norms[q0 + i];
-        const auto offer_all = [&](const auto& allows) {
-          for (std::size_t j = 0; j < rows; ++j) {
-            float distance = row[j];
-            if constexpr (kMetric == Metric::l2) {
-              distance = query_norm + norms[j] - 2.0F * distance;
-              // Rounding can push the distance of (near-)equal vectors below 0.
-              if (distance < 0.0F) distance = 0.0F;
-            }
-            heap.offer(distance, ids[j], allows);
+        for (std::size_t j = 0; j < rows; ++j) {
+          float distance = row[j];
+          if constexpr (kMetric == Metric::l2) {
+            distance = query_norm + norms[j] - 2.0F * distance;
+            // Rounding can push the distance of (near-)equal vectors below 0.
+            if (distance < 0.0F) distance = 0.0F;
           }
-        };
-        if (in.filter == nullptr) {
-          offer_all(always);
-        } else {
-          offer_all(filtered);
+          heap.offer(distance, ids[j], allows);
         }
       }
     }
   }
 }
+
+// ---------------------------------------------------------------------------
+// SIMD kernels (x86, chosen at run time): a chunk of queries is packed once
+// per search as dim x width floats (one lane per query, unused lanes zero);
+// stored rows are read in place. A tile of stored rows x one chunk is kept in
+// registers: each step of the dimension loop broadcasts one value per row and
+// multiplies it with the chunk's lanes. Every score is therefore one FMA
+// chain over the dimensions in order, whatever the tile shape, chunk or
+// block it falls in, so results do not depend on how the work is split.
+// The scan then compares a row's scores for the whole chunk with the
+// chunk's thresholds in one vector comparison and only touches heaps for
+// lanes that pass.
+
+// Queries of one search, packed for the SIMD kernels.
+struct PackedQueries {
+  std::size_t width = 0;  // lanes (queries) per chunk
+  std::size_t chunks = 0;
+  std::vector<float> values;  // chunks x dim x width
+  std::vector<float> norms;   // chunks x width squared norms (0 in unused lanes)
+};
+
+PackedQueries pack_queries(const SearchInput& in, std::size_t width) {
+  PackedQueries p;
+  p.width = width;
+  p.chunks = div_up(in.nq, width);
+  p.values.assign(p.chunks * in.dim * width, 0.0F);
+  p.norms.assign(p.chunks * width, 0.0F);
+  for (std::size_t q = 0; q < in.nq; ++q) {
+    const std::size_t chunk = q / width;
+    const std::size_t lane = q % width;
+    float* dst = p.values.data() + chunk * in.dim * width + lane;
+    const float* src = in.queries + q * in.dim;
+    for (std::size_t c = 0; c < in.dim; ++c) dst[c * width] = src[c];
+    p.norms[q] = in.query_norms[q];
+  }
+  return p;
+}
+
+// Rows per block for the SIMD kernels: about 256 KiB of stored vectors, so a
+// block stays in L2 while every query chunk is scored against it.
+std::size_t simd_block_rows(std::size_t dim) {
+  return std::clamp<std::size_t>(65536 / dim, 64, 1024);
+}
+
+// scores (count x width) of `count` stored rows against one packed chunk.
+using ScoreFn = void (*)(const float* rows, std::size_t count, std::size_t dim, const float* packed,
+                         float* scores);
+// Offers the scores of `count` rows against one chunk to the chunk's heaps.
+template <Metric kMetric>
+using ScanFn = void (*)(const float* scores, std::size_t count, const float* query_norms,
+                        const float* norms, const ItemId* ids, const IdFilter* filter,
+                        TopK<kMetric>* heaps, float* thresholds);
+
+#if FUNNEL_EXACT_X86
+
+// Offers the lanes of `mask` (bit i: lane i passed its threshold) to their heaps.
+template <Metric kMetric>
+inline void offer_lanes(unsigned mask, const float* distances, ItemId id, const Allows& allows,
+                        TopK<kMetric>* heaps) {
+  while (mask != 0) {
+    const int lane = std::countr_zero(mask);
+    mask &= mask - 1;
+    heaps[lane].offer(distances[lane], id, allows);
+  }
+}
+
+template <int kRows, int kVecs>
+[[gnu::target("avx512f")]] inline void tile_avx512(const float* rows, std::size_t dim,
+                                                   const float* packed, float* scores) {
+  constexpr std::size_t kWidth = 16 * kVecs;
+  __m512 acc[kRows][kVecs];
+  for (int r = 0; r < kRows; ++r) {
+    for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+  for (std::size_t c = 0; c < dim; ++c) {
+    __m512 lanes[kVecs];
+    for (int v = 0; v < kVecs; ++v) lanes[v] = _mm512_loadu_ps(packed + c * kWidth + 16 * v);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 x = _mm512_set1_ps(rows[r * dim + c]);
+      for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_fmadd_ps(x, lanes[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int v = 0; v < kVecs; ++v) _mm512_storeu_ps(scores + r * kWidth + 16 * v, acc[r][v]);
+  }
+}
+
+template <int kVecs>
+[[gnu::target("avx512f")]] void score_avx512(const float* rows, std::size_t count, std::size_t dim,
+                                             const float* packed, float* scores) {
+  constexpr std::size_t kWidth = 16 * kVecs;
+  constexpr int kTile = kVecs == 1 ? 14 : 12;  // accumulators + operands fit 32 registers
+  std::size_t r = 0;
+  for (; r + kTile <= count; r += kTile) {
+    tile_avx512<kTile, kVecs>(rows + r * dim, dim, packed, scores + r * kWidth);
+  }
+  for (; r + 4 <= count; r += 4) {
+    tile_avx512<4, kVecs>(rows + r * dim, dim, packed, scores + r * kWidth);
+  }
+  for (; r < count; ++r) tile_avx512<1, kVecs>(rows + r * dim, dim, packed, scores + r * kWidth);
+}
+
+template <Metric kMetric, int kVecs>
+[[gnu::target("avx512f")]] void scan_avx512(const float* scores, std::size_t count,
+                                            const float* query_norms, const float* norms,
+                                            const ItemId* ids, const IdFilter* filter,
+                                            TopK<kMetric>* heaps, float* thresholds) {
+  constexpr std::size_t kWidth = 16 * kVecs;
+  constexpr int kPasses = higher_is_better(kMetric) ? _CMP_GE_OQ : _CMP_LE_OQ;
+  const Allows allows{filter};
+  alignas(64) float distances[16];
+  for (std::size_t j = 0; j < count; ++j) {
+    for (int v = 0; v < kVecs; ++v) {
+      __m512 d = _mm512_loadu_ps(scores + j * kWidth + 16 * v);
+      if constexpr (kMetric == Metric::l2) {
+        // |q|^2 + |x|^2 - 2 q.x, clamped at 0 against rounding.
+        d = _mm512_sub_ps(
+            _mm512_add_ps(_mm512_loadu_ps(query_norms + 16 * v), _mm512_set1_ps(norms[j])),
+            _mm512_add_ps(d, d));
+        d = _mm512_max_ps(d, _mm512_setzero_ps());
+      }
+      const __mmask16 pass = _mm512_cmp_ps_mask(d, _mm512_loadu_ps(thresholds + 16 * v), kPasses);
+      if (pass == 0) continue;
+      _mm512_store_ps(distances, d);
+      offer_lanes<kMetric>(pass, distances, ids[j], allows, heaps + 16 * v);
+    }
+  }
+}
+
+template <int kRows, int kVecs>
+[[gnu::target("avx2,fma")]] inline void tile_avx2(const float* rows, std::size_t dim,
+                                                  const float* packed, float* scores) {
+  constexpr std::size_t kWidth = 8 * kVecs;
+  __m256 acc[kRows][kVecs];
+  for (int r = 0; r < kRows; ++r) {
+    for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm256_setzero_ps();
+  }
+  for (std::size_t c = 0; c < dim; ++c) {
+    __m256 lanes[kVecs];
+    for (int v = 0; v < kVecs; ++v) lanes[v] = _mm256_loadu_ps(packed + c * kWidth + 8 * v);
+    for (int r = 0; r < kRows; ++r) {
+      const __m256 x = _mm256_broadcast_ss(rows + r * dim + c);
+      for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm256_fmadd_ps(x, lanes[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int v = 0; v < kVecs; ++v) _mm256_storeu_ps(scores + r * kWidth + 8 * v, acc[r][v]);
+  }
+}
+
+template <int kVecs>
+[[gnu::target("avx2,fma")]] void score_avx2(const float* rows, std::size_t count, std::size_t dim,
+                                            const float* packed, float* scores) {
+  constexpr std::size_t kWidth = 8 * kVecs;
+  constexpr int kTile = kVecs == 1 ? 12 : 6;  // accumulators + operands fit 16 registers
+  std::size_t r = 0;
+  for (; r + kTile <= count; r += kTile) {
+    tile_avx2<kTile, kVecs>(rows + r * dim, dim, packed, scores + r * kWidth);
+  }
+  for (; r + 3 <= count; r += 3) {
+    tile_avx2<3, kVecs>(rows + r * dim, dim, packed, scores + r * kWidth);
+  }
+  for (; r < count; ++r) tile_avx2<1, kVecs>(rows + r * dim, dim, packed, scores + r * kWidth);
+}
+
+template <Metric kMetric, int kVecs>
+[[gnu::target("avx2,fma")]] void scan_avx2(const float* scores, std::size_t count,
+                                           const float* query_norms, const float* norms,
+                                           const ItemId* ids, const IdFilter* filter,
+                                           TopK<kMetric>* heaps, float* thresholds) {
+  constexpr std::size_t kWidth = 8 * kVecs;
+  constexpr int kPasses = higher_is_better(kMetric) ? _CMP_GE_OQ : _CMP_LE_OQ;
+  const Allows allows{filter};
+  alignas(32) float distances[8];
+  for (std::size_t j = 0; j < count; ++j) {
+    for (int v = 0; v < kVecs; ++v) {
+      __m256 d = _mm256_loadu_ps(scores + j * kWidth + 8 * v);
+      if constexpr (kMetric == Metric::l2) {
+        d = _mm256_sub_ps(
+            _mm256_add_ps(_mm256_loadu_ps(query_norms + 8 * v), _mm256_set1_ps(norms[j])),
+            _mm256_add_ps(d, d));
+        d = _mm256_max_ps(d, _mm256_setzero_ps());
+      }
+      const auto pass = static_cast<unsigned>(
+          _mm256_movemask_ps(_mm256_cmp_ps(d, _mm256_loadu_ps(thresholds + 8 * v), kPasses)));
+      if (pass == 0) continue;
+      _mm256_store_ps(distances, d);
+      offer_lanes<kMetric>(pass, distances, ids[j], allows, heaps + 8 * v);
+    }
+  }
+}
+
+#endif  // FUNNEL_EXACT_X86
+
+// The kernel functions and chunk width for one search.
+template <Metric kMetric>
+struct SimdKernel {
+  std::size_t width = 0;
+  ScoreFn score = nullptr;
+  ScanFn<kMetric> scan = nullptr;
+};
+
+// Narrow chunks for small batches, so that few lanes go unused.
+template <Metric kMetric>
+SimdKernel<kMetric> simd_kernel(ExactKernel kernel, std::size_t nq) {
+#if FUNNEL_EXACT_X86
+  if (kernel == ExactKernel::avx512) {
+    if (nq <= 16) return {16, &score_avx512<1>, &scan_avx512<kMetric, 1>};
+    return {32, &score_avx512<2>, &scan_avx512<kMetric, 2>};
+  }
+  if (kernel == ExactKernel::avx2) {
+    if (nq <= 8) return {8, &score_avx2<1>, &scan_avx2<kMetric, 1>};
+    return {16, &score_avx2<2>, &scan_avx2<kMetric, 2>};
+  }
+#else
+  (void)nq;
+#endif
+  assert(kernel == ExactKernel::portable);
+  (void)kernel;
+  return {};
+}
+
+// The SIMD counterpart of scan_range_portable (same loop structure).
+template <Metric kMetric>
+void scan_range_simd(const SearchInput& in, const PackedQueries& packed,
+                     const SimdKernel<kMetric>& kernel, std::size_t chunk_begin,
+                     std::size_t chunk_end, std::size_t block_begin, std::size_t block_end,
+                     HeapSet<kMetric>& heaps) {
+  const std::size_t width = packed.width;
+  const std::size_t block_rows = simd_block_rows(in.dim);
+  std::vector<float> scores(std::min(block_rows, in.count) * width);
+  for (std::size_t block = block_begin; block < block_end; ++block) {
+    const std::size_t row0 = block * block_rows;
+    const std::size_t rows = std::min(block_rows, in.count - row0);
+    for (std::size_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      kernel.score(in.vectors + row0 * in.dim, rows, in.dim,
+                   packed.values.data() + chunk * in.dim * width, scores.data());
+      kernel.scan(scores.data(), rows, packed.norms.data() + chunk * width, in.norms + row0,
+                  in.ids + row0, in.filter, heaps.heaps(chunk * width),
+                  heaps.thresholds(chunk * width));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Work splitting
 
 // Runs fn(0) .. fn(workers - 1), fn(workers - 1) on the calling thread and
 // the others on new threads; rethrows the first exception after all joined.
@@ -245,48 +545,55 @@ std::pair<std::size_t, std::size_t> share(std::size_t total, std::size_t workers
 }
 
 template <Metric kMetric>
-std::size_t search_impl(const SearchInput& in, std::size_t threads, MatrixView<float> distances,
-                        MatrixView<ItemId> labels) {
+std::size_t search_impl(const SearchInput& in, ExactKernel kernel, std::size_t threads,
+                        MatrixView<float> distances, MatrixView<ItemId> labels) {
   const std::size_t k = in.k;
-  std::vector<Candidate> storage(in.nq * k);
-  std::vector<TopK<kMetric>> heaps;
-  heaps.reserve(in.nq);
-  for (std::size_t i = 0; i < in.nq; ++i) heaps.emplace_back(storage.data() + i * k, k);
+  const bool simd = kernel != ExactKernel::portable;
+  const SimdKernel<kMetric> simd_fns =
+      simd ? simd_kernel<kMetric>(kernel, in.nq) : SimdKernel<kMetric>{};
+  const std::size_t chunk_size = simd ? simd_fns.width : kQueryChunk;
+  const std::size_t block_size = simd ? simd_block_rows(in.dim) : kRowBlock;
+  const std::size_t chunks = div_up(in.nq, chunk_size);
+  const std::size_t blocks = div_up(in.count, block_size);
+  const std::size_t padded_nq = chunks * chunk_size;
+  PackedQueries packed;
+  if (simd && in.count > 0) packed = pack_queries(in, chunk_size);
 
+  const auto scan = [&](std::size_t c0, std::size_t c1, std::size_t b0, std::size_t b1,
+                        HeapSet<kMetric>& heaps) {
+    if (simd) {
+      scan_range_simd<kMetric>(in, packed, simd_fns, c0, c1, b0, b1, heaps);
+    } else {
+      scan_range_portable<kMetric>(in, c0, c1, b0, b1, heaps);
+    }
+  };
+
+  HeapSet<kMetric> heaps(in.nq, k, padded_nq);
   if (in.count > 0) {
-    const std::size_t chunks = div_up(in.nq, kQueryChunk);
-    const std::size_t blocks = div_up(in.count, kRowBlock);
     if (threads <= 1 || (chunks == 1 && blocks == 1)) {
-      scan_range<kMetric>(in, 0, chunks, 0, blocks, heaps);
+      scan(0, chunks, 0, blocks, heaps);
     } else if (chunks >= threads) {
       // Enough queries: each worker owns whole query chunks and their heaps.
       run_workers(threads, [&](std::size_t w) {
         const auto [c0, c1] = share(chunks, threads, w);
-        const std::span<TopK<kMetric>> mine(heaps.data() + c0 * kQueryChunk,
-                                            std::min(in.nq, c1 * kQueryChunk) - c0 * kQueryChunk);
-        scan_range<kMetric>(in, c0, c1, 0, blocks, mine);
+        scan(c0, c1, 0, blocks, heaps);
       });
     } else {
       // Few queries: each worker scans a share of the row blocks for all
       // queries into private heaps, merged afterwards. The merge applies the
       // same total order, so the result equals a serial scan.
       const std::size_t workers = std::min(threads, blocks);
-      std::vector<Candidate> partial_storage(workers * in.nq * k);
-      std::vector<std::vector<TopK<kMetric>>> partial(workers);
-      for (std::size_t w = 0; w < workers; ++w) {
-        partial[w].reserve(in.nq);
-        for (std::size_t i = 0; i < in.nq; ++i) {
-          partial[w].emplace_back(partial_storage.data() + (w * in.nq + i) * k, k);
-        }
-      }
+      std::vector<HeapSet<kMetric>> partial;
+      partial.reserve(workers);
+      for (std::size_t w = 0; w < workers; ++w) partial.emplace_back(in.nq, k, padded_nq);
       run_workers(workers, [&](std::size_t w) {
         const auto [b0, b1] = share(blocks, workers, w);
-        scan_range<kMetric>(in, 0, chunks, b0, b1, partial[w]);
+        scan(0, chunks, b0, b1, partial[w]);
       });
-      const auto always = [](ItemId /*id*/) { return true; };
-      for (std::size_t i = 0; i < in.nq; ++i) {
-        for (std::size_t w = 0; w < workers; ++w) {
-          for (const Candidate& c : partial[w][i]) heaps[i].offer(c.distance, c.id, always);
+      const Allows everything{nullptr};
+      for (std::size_t q = 0; q < in.nq; ++q) {
+        for (HeapSet<kMetric>& part : partial) {
+          for (const Candidate& c : part[q]) heaps[q].offer(c.distance, c.id, everything);
         }
       }
     }
@@ -294,22 +601,48 @@ std::size_t search_impl(const SearchInput& in, std::size_t threads, MatrixView<f
 
   std::size_t fewest = k;
   const float pad = padding_distance(kMetric);
-  for (std::size_t i = 0; i < in.nq; ++i) {
-    TopK<kMetric>& heap = heaps[i];
+  for (std::size_t q = 0; q < in.nq; ++q) {
+    TopK<kMetric>& heap = heaps[q];
     heap.sort();
     const std::size_t found = heap.size();
     fewest = std::min(fewest, found);
     for (std::size_t j = 0; j < found; ++j) {
-      distances(i, j) = heap.begin()[j].distance;
-      labels(i, j) = heap.begin()[j].id;
+      distances(q, j) = heap.begin()[j].distance;
+      labels(q, j) = heap.begin()[j].id;
     }
     for (std::size_t j = found; j < k; ++j) {
-      distances(i, j) = pad;
-      labels(i, j) = kNoItem;
+      distances(q, j) = pad;
+      labels(q, j) = kNoItem;
     }
   }
   return in.nq == 0 ? 0 : fewest;
 }
+
+bool cpu_supports(ExactKernel kernel) {
+  switch (kernel) {
+    case ExactKernel::automatic:
+    case ExactKernel::portable: return true;
+#if FUNNEL_EXACT_X86
+    case ExactKernel::avx2:
+      return __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("fma") != 0;
+    case ExactKernel::avx512: return __builtin_cpu_supports("avx512f") != 0;
+#else
+    case ExactKernel::avx2:
+    case ExactKernel::avx512: return false;
+#endif
+  }
+  return false;
+}
+
+ExactKernel resolve(ExactKernel kernel) {
+  if (kernel != ExactKernel::automatic) return kernel;
+  if (cpu_supports(ExactKernel::avx512)) return ExactKernel::avx512;
+  if (cpu_supports(ExactKernel::avx2)) return ExactKernel::avx2;
+  return ExactKernel::portable;
+}
+
+// ---------------------------------------------------------------------------
+// Validation and files
 
 // Checks that every value of every row is finite and that the squared norm
 // (needed for L2, and an overflow guard for inner products) is too; writes
@@ -432,11 +765,33 @@ void ExactCoarseRankerConfig::validate() const {
                   "ExactCoarseRankerConfig.metric has an unknown value ", static_cast<int>(metric));
   detail::require(threads >= 1 && threads <= kMaxThreads, "ExactCoarseRankerConfig.threads is ",
                   threads, ", expected 1..", kMaxThreads);
+  const bool known_kernel = kernel == ExactKernel::automatic || kernel == ExactKernel::portable ||
+                            kernel == ExactKernel::avx2 || kernel == ExactKernel::avx512;
+  detail::require(known_kernel, "ExactCoarseRankerConfig.kernel has an unknown value ",
+                  static_cast<int>(kernel));
+  if (!cpu_supports(kernel)) {
+    detail::fail(ErrorCode::unsupported, "ExactCoarseRankerConfig.kernel is ", to_string(kernel),
+                 ", which this CPU (or build) does not support");
+  }
 }
 
-ExactCoarseRanker::ExactCoarseRanker(ExactCoarseRankerConfig config) : config_(config) {
-  config_.validate();
+std::string_view to_string(ExactKernel kernel) noexcept {
+  switch (kernel) {
+    case ExactKernel::automatic: return "automatic";
+    case ExactKernel::portable: return "portable";
+    case ExactKernel::avx2: return "avx2";
+    case ExactKernel::avx512: return "avx512";
+  }
+  return "unknown";
 }
+
+ExactCoarseRanker::ExactCoarseRanker(ExactCoarseRankerConfig config)
+    : config_(config), kernel_(ExactKernel::portable) {
+  config_.validate();
+  kernel_ = resolve(config_.kernel);
+}
+
+bool ExactCoarseRanker::kernel_supported(ExactKernel kernel) { return cpu_supports(kernel); }
 
 std::string ExactCoarseRanker::name() const {
   return detail::cat("exact(", short_name(config_.metric), ", dim=", config_.dim, ")");
@@ -543,9 +898,9 @@ std::size_t ExactCoarseRanker::search(MatrixView<const float> queries, std::size
                        params != nullptr ? params->filter : nullptr};
   const auto threads = static_cast<std::size_t>(config_.threads);
   if (config_.metric == Metric::l2) {
-    return search_impl<Metric::l2>(in, threads, distances, labels);
+    return search_impl<Metric::l2>(in, kernel_, threads, distances, labels);
   }
-  return search_impl<Metric::inner_product>(in, threads, distances, labels);
+  return search_impl<Metric::inner_product>(in, kernel_, threads, distances, labels);
 }
 
 void ExactCoarseRanker::save(const std::filesystem::path& path) const {

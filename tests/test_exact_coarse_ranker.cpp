@@ -31,6 +31,7 @@ using Catch::Matchers::Contains;
 using funnel::ErrorCode;
 using funnel::ExactCoarseRanker;
 using funnel::ExactCoarseRankerConfig;
+using funnel::ExactKernel;
 using funnel::ItemId;
 using funnel::kNoItem;
 using funnel::MatrixView;
@@ -180,12 +181,21 @@ void check_same_up_to_ties(const std::vector<ItemId>& a_ids, const std::vector<f
   }
 }
 
-ExactCoarseRanker make_ranker(std::size_t dim, Metric metric, int threads = 1) {
+ExactCoarseRanker make_ranker(std::size_t dim, Metric metric, int threads = 1,
+                              ExactKernel kernel = ExactKernel::automatic) {
   ExactCoarseRankerConfig config;
   config.dim = dim;
   config.metric = metric;
   config.threads = threads;
+  config.kernel = kernel;
   return ExactCoarseRanker(config);
+}
+
+// Every kernel is checked where the CPU has it; the others are reported.
+bool skip_unsupported(ExactKernel kernel) {
+  if (ExactCoarseRanker::kernel_supported(kernel)) return false;
+  WARN("kernel " << funnel::to_string(kernel) << " is not supported on this CPU; not tested");
+  return true;
 }
 
 void add_all(ExactCoarseRanker& ranker, const std::vector<float>& base,
@@ -220,22 +230,43 @@ constexpr std::size_t kQueries = 40;
 }  // namespace
 
 TEST_CASE("exact search equals a double-precision brute force", "[exact]") {
+  const auto kernel = GENERATE(ExactKernel::portable, ExactKernel::avx2, ExactKernel::avx512);
+  if (skip_unsupported(kernel)) return;
   const auto metric = GENERATE(Metric::inner_product, Metric::l2);
-  const std::size_t k = GENERATE(std::size_t{1}, std::size_t{10}, std::size_t{100});
-  CAPTURE(funnel::to_string(metric), k);
+  CAPTURE(funnel::to_string(kernel), funnel::to_string(metric));
   const auto base = random_vectors(kBase, kDim, 1);
   const auto ids = scattered_ids(kBase);
-  const auto queries = random_vectors(kQueries, kDim, 2);
-  auto ranker = make_ranker(kDim, metric);
+  auto ranker = make_ranker(kDim, metric, 1, kernel);
+  CHECK(ranker.kernel() == kernel);
   add_all(ranker, base, ids);
   REQUIRE(ranker.size() == kBase);
 
-  const Result got = run_search(ranker, queries, k);
-  CHECK(got.returned == k);
-  check_against(got, brute_force(base, ids, queries, kDim, metric, [](ItemId) { return true; }),
-                metric);
-  if (metric == Metric::l2) {
-    for (const float d : got.distances) CHECK(d >= 0.0F);
+  // 1 and 7 queries use the kernels' narrow chunks, 40 the wide ones.
+  for (const std::size_t nq : {std::size_t{1}, std::size_t{7}, kQueries}) {
+    const auto queries = random_vectors(nq, kDim, 2);
+    const auto reference =
+        brute_force(base, ids, queries, kDim, metric, [](ItemId) { return true; });
+    for (const std::size_t k : {std::size_t{1}, std::size_t{10}, std::size_t{100}}) {
+      CAPTURE(nq, k);
+      const Result got = run_search(ranker, queries, k);
+      CHECK(got.returned == k);
+      check_against(got, reference, metric);
+      if (metric == Metric::l2) {
+        for (const float d : got.distances) CHECK(d >= 0.0F);
+      }
+    }
+  }
+}
+
+TEST_CASE("kernels are chosen at run time and named", "[exact]") {
+  CHECK(ExactCoarseRanker::kernel_supported(ExactKernel::portable));
+  CHECK(make_ranker(4, Metric::l2).kernel() != ExactKernel::automatic);
+  CHECK(funnel::to_string(ExactKernel::avx512) == "avx512");
+  CHECK(funnel::to_string(ExactKernel::portable) == "portable");
+  for (const ExactKernel kernel : {ExactKernel::avx2, ExactKernel::avx512}) {
+    if (!ExactCoarseRanker::kernel_supported(kernel)) {
+      CHECK(code_of([&] { make_ranker(4, Metric::l2, 1, kernel); }) == ErrorCode::unsupported);
+    }
   }
 }
 
@@ -272,8 +303,11 @@ TEST_CASE("exact search agrees with FAISS IndexFlat", "[exact][faiss]") {
 }
 
 TEST_CASE("equal distances are ordered by ascending id", "[exact]") {
+  const auto kernel = GENERATE(ExactKernel::portable, ExactKernel::avx2, ExactKernel::avx512);
+  if (skip_unsupported(kernel)) return;
   const auto metric = GENERATE(Metric::inner_product, Metric::l2);
-  auto ranker = make_ranker(3, metric);
+  CAPTURE(funnel::to_string(kernel), funnel::to_string(metric));
+  auto ranker = make_ranker(3, metric, 1, kernel);
   // Five copies of one vector under shuffled ids, and one far away.
   const std::vector<float> base = {1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2, 3, -9, -9, -9};
   const std::vector<ItemId> ids = {50, 10, 40, 20, 30, 60};
@@ -287,19 +321,44 @@ TEST_CASE("equal distances are ordered by ascending id", "[exact]") {
   } else {
     CHECK(got.distances[0] == 14.0F);
   }
+  // With a full heap, a tied item with a smaller id still displaces the
+  // worst kept one (ids 50 and 40 come before 10, 20 and 30 in the rows).
+  CHECK(run_search(ranker, query, 3).labels == std::vector<ItemId>{10, 20, 30});
   // Removing and re-adding (which moves rows around) keeps the same order.
   REQUIRE(ranker.remove(std::vector<ItemId>{10, 40}).removed == 2);
   ranker.add(MatrixView<const float>(base.data(), 2, 3), std::vector<ItemId>{40, 10});
   CHECK(run_search(ranker, query, 6).labels == got.labels);
+  CHECK(run_search(ranker, query, 2).labels == std::vector<ItemId>{10, 20});
+}
+
+TEST_CASE("L2 distances of stored vectors to themselves are zero, never negative", "[exact]") {
+  const auto kernel = GENERATE(ExactKernel::portable, ExactKernel::avx2, ExactKernel::avx512);
+  if (skip_unsupported(kernel)) return;
+  CAPTURE(funnel::to_string(kernel));
+  // |q|^2 + |x|^2 - 2 q.x rounds to tiny negative values for q == x unless
+  // clamped; scaled values make the rounding larger.
+  auto base = random_vectors(300, kDim, 50);
+  for (float& x : base) x *= 37.0F;
+  const auto ids = scattered_ids(300);
+  auto ranker = make_ranker(kDim, Metric::l2, 1, kernel);
+  add_all(ranker, base, ids);
+  const Result got = run_search(ranker, base, 1);
+  for (std::size_t q = 0; q < 300; ++q) {
+    CHECK(got.labels[q] == ids[q]);
+    CHECK(got.distances[q] >= 0.0F);
+    CHECK(got.distances[q] <= 1.0F);  // vs typical distances of 2 * 24 * 37^2
+  }
 }
 
 TEST_CASE("filters are applied during the scan", "[exact][filter]") {
+  const auto kernel = GENERATE(ExactKernel::portable, ExactKernel::avx2, ExactKernel::avx512);
+  if (skip_unsupported(kernel)) return;
   const auto metric = GENERATE(Metric::inner_product, Metric::l2);
-  CAPTURE(funnel::to_string(metric));
+  CAPTURE(funnel::to_string(kernel), funnel::to_string(metric));
   const auto base = random_vectors(kBase, kDim, 5);
   const auto ids = scattered_ids(kBase);
   const auto queries = random_vectors(kQueries, kDim, 6);
-  auto ranker = make_ranker(kDim, metric);
+  auto ranker = make_ranker(kDim, metric, 1, kernel);
   add_all(ranker, base, ids);
   const std::size_t k = 20;
 
@@ -743,17 +802,20 @@ TEST_CASE("a failed save leaves no temporaries and the old index intact", "[exac
 }
 
 TEST_CASE("search results do not depend on threads", "[exact][threads]") {
+  const auto kernel = GENERATE(ExactKernel::portable, ExactKernel::avx2, ExactKernel::avx512);
+  if (skip_unsupported(kernel)) return;
   const auto metric = GENERATE(Metric::inner_product, Metric::l2);
-  CAPTURE(funnel::to_string(metric));
-  // More rows than one scan block (4096) and more queries than one query
-  // chunk (64), so that both ways of splitting the work are exercised.
+  CAPTURE(funnel::to_string(kernel), funnel::to_string(metric));
+  // More rows than one scan block (4096 rows for the portable kernel, at
+  // most 1024 for the others) and more queries than one query chunk (64 or
+  // at most 32), so that both ways of splitting the work are exercised.
   const std::size_t n = 5000;
   const std::size_t dim = 8;
   const auto base = random_vectors(n, dim, 21);
   const auto ids = scattered_ids(n);
-  auto serial = make_ranker(dim, metric, 1);
-  auto two = make_ranker(dim, metric, 2);
-  auto three = make_ranker(dim, metric, 3);
+  auto serial = make_ranker(dim, metric, 1, kernel);
+  auto two = make_ranker(dim, metric, 2, kernel);
+  auto three = make_ranker(dim, metric, 3, kernel);
   for (ExactCoarseRanker* r : {&serial, &two, &three}) add_all(*r, base, ids);
   const funnel::PredicateFilter odd([](ItemId id) { return id % 2 != 0; });
 

@@ -6,13 +6,15 @@
 /// against all stored vectors + partial top-k). It is the ground truth that
 /// approximate indexes are measured against.
 ///
-/// Search: queries are multiplied with blocks of stored rows (single-threaded
-/// Eigen GEMM, so memory stays bounded by the block size whatever the index
-/// size), and each query keeps a bounded heap of its k best items. The filter
-/// of SearchParams is consulted during the scan, only for items good enough
-/// to enter the heap, so a rejected item never displaces an eligible one and
-/// no over-fetching happens. L2 distances are |q|^2 + |x|^2 - 2 q.x, clamped
-/// at 0.
+/// Search: queries are scored against blocks of stored rows, so memory
+/// stays bounded by the block size whatever the index size, and each query
+/// keeps a bounded heap of its k best items. The scores come from a kernel
+/// chosen at run time (ExactKernel): register-tiled AVX-512 or AVX2+FMA code
+/// on x86 CPUs that have it, otherwise a single-threaded Eigen GEMM. The
+/// filter of SearchParams is consulted during the scan, only for items good
+/// enough to enter the heap, so a rejected item never displaces an eligible
+/// one and no over-fetching happens. L2 distances are
+/// |q|^2 + |x|^2 - 2 q.x, clamped at 0.
 ///
 /// Ties: items with equal distance are ordered by ascending id, so results
 /// are deterministic whatever the insertion/removal history, the thread
@@ -40,12 +42,28 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
 #include "funnel/coarse_ranker.hpp"
 
 namespace funnel {
+
+/// Which code computes the scores in ExactCoarseRanker::search(). The
+/// instruction set is chosen at run time; every kernel returns the exact
+/// top-k up to float rounding (scores agree within about 1e-6 relative, so
+/// kernels may order near-ties differently), and a given kernel returns
+/// bit-identical results for every thread count.
+enum class ExactKernel {
+  automatic,  ///< the fastest one this CPU supports (avx512, avx2, portable)
+  portable,   ///< Eigen GEMM built for the build's baseline instruction set
+  avx2,       ///< AVX2 + FMA register-tiled kernel (x86)
+  avx512,     ///< AVX-512F register-tiled kernel (x86)
+};
+
+/// "automatic", "portable", "avx2" or "avx512".
+std::string_view to_string(ExactKernel kernel) noexcept;
 
 /// Settings of an ExactCoarseRanker.
 struct ExactCoarseRankerConfig {
@@ -56,13 +74,16 @@ struct ExactCoarseRankerConfig {
   /// Threads used inside one search() call (1: the calling thread only;
   /// at most kMaxThreads).
   int threads = 1;
+  /// Score kernel; a specific one the CPU lacks is refused by validate().
+  ExactKernel kernel = ExactKernel::automatic;
 
   /// Upper bound of `dim` (FAISS stores the dimension as an int).
   static constexpr std::size_t kMaxDim = std::size_t{1} << 20;
   /// Upper bound of `threads`.
   static constexpr int kMaxThreads = 256;
 
-  /// @throws Error(invalid_argument) naming the bad field.
+  /// @throws Error(invalid_argument) naming the bad field;
+  ///         Error(unsupported) for a kernel this CPU or build lacks.
   void validate() const;
 };
 
@@ -90,6 +111,10 @@ class ExactCoarseRanker final : public CoarseRanker {
   [[nodiscard]] std::string name() const override;
   /// The configuration this index was built with.
   [[nodiscard]] const ExactCoarseRankerConfig& config() const noexcept { return config_; }
+  /// The kernel search() uses (config().kernel resolved for this CPU).
+  [[nodiscard]] ExactKernel kernel() const noexcept { return kernel_; }
+  /// Whether this CPU and build can run `kernel`.
+  static bool kernel_supported(ExactKernel kernel);
 
   /// Adds vectors (see CoarseRanker::add). Besides finite values, the squared
   /// norm of each vector must be finite in float. All-or-nothing: when
@@ -116,6 +141,7 @@ class ExactCoarseRanker final : public CoarseRanker {
 
  private:
   ExactCoarseRankerConfig config_;
+  ExactKernel kernel_;          // config_.kernel resolved
   std::vector<float> vectors_;  // size() x dim, row-major
   std::vector<float> norms_;    // squared L2 norm per row (for Metric::l2)
   std::vector<ItemId> ids_;     // id per row

@@ -194,7 +194,11 @@ TEST_CASE("HashingEncoder: repeating every feature k times leaves the vector unc
   // sublinear tf), so after normalisation the vectors agree. Two thousand
   // distinct words also exercise the counting table far past its first size.
   std::string once;
-  for (int i = 0; i < 2000; ++i) once += "w" + std::to_string(i) + " ";
+  for (int i = 0; i < 2000; ++i) {
+    once += 'w';
+    once += std::to_string(i);
+    once += ' ';
+  }
   const std::string thrice = once + once + once;
   for (const bool sublinear : {false, true}) {
     HashingEncoderConfig c = bare_config();
@@ -367,6 +371,7 @@ TEST_CASE("HashingEncoder: errors", "[hashing_encoder]") {
 TEST_CASE("HashingEncoder: concurrent encodes agree", "[hashing_encoder]") {
   const HashingEncoder enc;
   std::vector<std::string> texts;
+  texts.reserve(400);
   const char* bases[] = {"Apple iPhone 15 Pro 256GB 黑色 手机", "Men's running shoes, lightweight",
                          "女士 真丝 连衣裙 夏季", "Café crème ＡＢＣ", "ワイヤレス イヤホン"};
   for (int i = 0; i < 400; ++i)

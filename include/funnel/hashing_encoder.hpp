@@ -37,7 +37,9 @@
 ///
 /// Texts sharing many n-grams therefore come out close in cosine similarity.
 /// The output depends only on the config and the text: the same config gives
-/// the same vectors in every process and on every platform.
+/// the same vectors in every process and on every platform (for non-ASCII
+/// text, given the same Unicode version in the linked utf8proc), so vectors
+/// stored in an index stay comparable with freshly encoded queries.
 ///
 /// Threading: immutable after construction; encode() may run concurrently
 /// from many threads and spawns no threads.

@@ -4,6 +4,7 @@
 // documented ground truth (recomputed here independently from the files).
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -53,16 +54,16 @@ ShopConfig medium_config() {
   return c;
 }
 
-const std::vector<std::string> kFiles = {"catalog.jsonl",
-                                         "users.jsonl",
-                                         "events.jsonl",
-                                         "truth/params.json",
-                                         "truth/item_truth.jsonl",
-                                         "truth/user_truth.jsonl",
-                                         "truth/item_latent.npy",
-                                         "truth/user_latent.npy",
-                                         "truth/item_purchase_latent.npy",
-                                         "truth/user_purchase_latent.npy"};
+constexpr std::array<const char*, 10> kFiles = {"catalog.jsonl",
+                                                "users.jsonl",
+                                                "events.jsonl",
+                                                "truth/params.json",
+                                                "truth/item_truth.jsonl",
+                                                "truth/user_truth.jsonl",
+                                                "truth/item_latent.npy",
+                                                "truth/user_latent.npy",
+                                                "truth/item_purchase_latent.npy",
+                                                "truth/user_purchase_latent.npy"};
 
 std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& path) {
   std::vector<nlohmann::json> out;
@@ -218,7 +219,7 @@ TEST_CASE("same seed gives byte-identical files, another seed different ones", "
   funnel::shopgen::write_shop(funnel::shopgen::generate_shop(small_config(7)), tmp / "a");
   funnel::shopgen::write_shop(funnel::shopgen::generate_shop(small_config(7)), tmp / "b");
   funnel::shopgen::write_shop(funnel::shopgen::generate_shop(small_config(8)), tmp / "c");
-  for (const std::string& f : kFiles) {
+  for (const char* f : kFiles) {
     INFO(f);
     const std::string a = funnel::testing::read_bytes(tmp / "a" / f);
     CHECK(a.size() > 100);

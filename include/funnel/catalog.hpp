@@ -92,7 +92,9 @@ class Catalog {
   /// All ids, in items() order.
   [[nodiscard]] std::vector<ItemId> ids() const;
 
-  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+  // Named like std::string::npos on purpose.
+  static constexpr std::size_t npos =
+      static_cast<std::size_t>(-1);  // NOLINT(readability-identifier-naming)
 
  private:
   std::vector<Item> items_;

@@ -30,8 +30,8 @@ struct MatrixView {
 
   /// Implicit conversion from a mutable view to a const view.
   template <class U>
-  requires std::is_convertible_v<U*, T*> MatrixView(
-      MatrixView<U> other)  // NOLINT(google-explicit-constructor)
+  // NOLINTNEXTLINE(google-explicit-constructor): mutable views convert to const views
+  requires std::is_convertible_v<U*, T*> MatrixView(MatrixView<U> other)
       : data(other.data), rows(other.rows), cols(other.cols) {}
 
   /// Number of elements, rows*cols.

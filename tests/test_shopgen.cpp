@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <numbers>
 #include <set>
 #include <sstream>
 #include <string>
@@ -157,7 +158,7 @@ class FileModel {
     for (int k = 0; k <= n; ++k) {
       const double z = -10.0 + h * k;
       const double f = std::clamp(std::exp(mu + sigma * z), lo, hi) * std::exp(-0.5 * z * z) /
-                       std::sqrt(2.0 * M_PI);
+                       std::sqrt(2.0 * std::numbers::pi);
       integral += f * ((k == 0 || k == n) ? 1.0 : (k % 2 == 1 ? 4.0 : 2.0));
     }
     s.dwell_s = integral * h / 3.0;

@@ -363,6 +363,7 @@ struct ObjectiveModel {
 
 struct LogisticFineRanker::Impl {
   std::shared_ptr<const Catalog> catalog;
+  std::size_t vector_dim = 0;  // of the catalogue vectors the model was trained with
   HistoryProfileConfig history;
   Popularity popularity;
   std::array<ObjectiveModel, kObjectives> models;
@@ -598,6 +599,7 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::train(
 
   auto impl = std::make_unique<Impl>();
   impl->catalog = std::move(catalog);
+  impl->vector_dim = impl->catalog->vector_dim();
   impl->history = config.history;
   impl->popularity = Popularity::from_events(*impl->catalog, events, users, popularity_until);
   for (ExampleSet& set : sets) {
@@ -772,6 +774,7 @@ void LogisticFineRanker::save(const std::filesystem::path& path) const {
   document["format"] = kFormatName;
   document["version"] = kFormatVersion;
   document["features"] = feature_name_list();
+  document["vector_dim"] = impl_->vector_dim;
   const HistoryProfileConfig& h = impl_->history;
   document["history"] = {{"view_weight", h.view_weight}, {"click_weight", h.click_weight},
                          {"cart_weight", h.cart_weight}, {"purchase_weight", h.purchase_weight},
@@ -833,6 +836,10 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::load(
   }
 
   auto impl = std::make_unique<Impl>();
+  const std::int64_t vector_dim =
+      read.integer(read.member(document, "", "vector_dim"), "vector_dim");
+  if (vector_dim <= 0) read.fail("vector_dim", "must be > 0");
+  impl->vector_dim = static_cast<std::size_t>(vector_dim);
   impl->catalog = std::move(catalog);
   const json& history = read.member(document, "", "history");
   if (!history.is_object()) read.fail("history", "expected an object");
@@ -912,6 +919,9 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::load(
               detail::cat("mismatch: the file says ", checksum, ", its content hashes to ", actual,
                           " (the file is damaged or was edited)"));
   }
+  detail::require(impl->catalog->vector_dim() == impl->vector_dim, "LogisticFineRanker::load(",
+                  path.string(), "): the model was trained with ", impl->vector_dim,
+                  "-dimensional item vectors, the catalogue has ", impl->catalog->vector_dim());
   return std::unique_ptr<LogisticFineRanker>(new LogisticFineRanker(std::move(impl)));
 }
 

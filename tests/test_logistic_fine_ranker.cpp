@@ -7,6 +7,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -166,7 +167,7 @@ struct Trained {
 const Trained& trained() {
   static const Trained instance = [] {
     Trained t;
-    t.world = simulate(160, 50, 5);
+    t.world = simulate(120, 45, 5);
     t.ranker = LogisticFineRanker::train(t.world.catalog, t.world.events, t.world.users,
                                          test_config(), &t.report);
     return t;
@@ -473,6 +474,14 @@ TEST_CASE("save and load round trip; damaged files are rejected", "[logistic]") 
                        }));
   CHECK_THROWS_WITH(LogisticFineRanker::load(path, std::make_shared<Catalog>()),
                     Contains("no vectors"));
+  auto narrow = std::make_shared<Catalog>();
+  for (const auto& item : t.world.catalog->items()) narrow->add(item);
+  narrow->set_vectors(funnel::Matrix<float>(narrow->size(), kDim / 2, 0.5F));
+  CHECK_THROWS_WITH(LogisticFineRanker::load(path, narrow),
+                    Contains("8-dimensional") && Contains("model.json"));
+  doc = original;
+  doc["vector_dim"] = -3;
+  expect_format_error(doc.dump(), "vector_dim");
   std::filesystem::remove(damaged);
   std::filesystem::remove(path);
 }
@@ -528,4 +537,34 @@ TEST_CASE("training rejects unusable input and counts unknown items", "[logistic
   for (Event& e : no_dwell) e.dwell_s.reset();
   CHECK_THROWS_WITH(LogisticFineRanker::train(world.catalog, no_dwell, world.users, config),
                     Contains("'dwell'"));
+}
+
+TEST_CASE("score may run concurrently and gives the same answers", "[logistic][concurrency]") {
+  const Trained& t = trained();
+  std::vector<UserContext> users;
+  for (std::size_t u = 0; u < 8; ++u)
+    users.push_back(context_for(t.world, u * 13, kStart + 2'000'000));
+  std::vector<Candidate> candidates;
+  for (const funnel::ItemId id : t.world.catalog->ids()) candidates.push_back({id, 0.2F});
+  const std::size_t block = candidates.size() * 3;
+  std::vector<float> expected(users.size() * block);
+  for (std::size_t u = 0; u < users.size(); ++u) {
+    t.ranker->score(users[u], candidates,
+                    MatrixView<float>(expected.data() + u * block, candidates.size(), 3));
+  }
+  std::vector<std::vector<float>> got(4, std::vector<float>(expected.size()));
+  std::vector<std::thread> threads;
+  for (std::size_t w = 0; w < got.size(); ++w) {
+    threads.emplace_back([&, w] {
+      for (int round = 0; round < 5; ++round) {
+        for (std::size_t k = 0; k < users.size(); ++k) {
+          const std::size_t u = (k + w) % users.size();  // threads interleave users
+          t.ranker->score(users[u], candidates,
+                          MatrixView<float>(got[w].data() + u * block, candidates.size(), 3));
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  for (const auto& result : got) CHECK(result == expected);
 }

@@ -54,7 +54,8 @@
 ///
 /// Files: save() writes JSON, atomically:
 ///   {"format": "funnel.logistic_fine_ranker", "version": 1,
-///    "features": [names...], "history": {HistoryProfileConfig fields},
+///    "features": [names...], "vector_dim": d,
+///    "history": {HistoryProfileConfig fields},
 ///    "objectives": [{"name": "ctr", "link": "logistic", "mean": [...],
 ///                    "std": [...], "bias": b, "weights": [...]}, ...],
 ///    "popularity": {"items": [ids...], "counts": [...]},
@@ -63,7 +64,10 @@
 /// that every number is finite (std > 0, counts >= 0) and the checksum.
 ///
 /// Threading: immutable after construction; score() may run concurrently.
-/// The ranker shares ownership of the catalogue, which must carry vectors.
+/// Training and scoring spawn no threads. The ranker shares ownership of the
+/// catalogue, which must carry vectors: the same vectors the model was
+/// trained with (a model bound to other vectors loads, but its similarity
+/// features mean something else).
 
 #include <cstddef>
 #include <cstdint>
@@ -85,14 +89,17 @@ namespace funnel {
 
 /// Settings of LogisticFineRanker::train.
 struct LogisticTrainConfig {
-  std::size_t max_epochs = 40;
-  std::size_t batch_size = 256;
-  float learning_rate = 0.05F;  ///< Adam step size
-  float l2 = 1e-4F;             ///< L2 penalty on non-bias weights
+  std::size_t max_epochs = 40;   ///< passes over the training examples, at most
+  std::size_t batch_size = 256;  ///< examples per Adam step
+  float learning_rate = 0.05F;   ///< Adam step size
+  float l2 = 1e-4F;              ///< L2 penalty on non-bias weights
   /// Fraction of examples (the latest by time) held out for early stopping.
   double validation_fraction = 0.1;
   std::size_t patience = 4;  ///< epochs without validation improvement before stopping
+  /// Seeds the example shuffling (objective k uses seed + k).
   std::uint64_t seed = 42;
+  /// A click (purchase) labels a view (click) of the same user and item when
+  /// it follows within this many seconds.
   std::int64_t attribution_window_s = 3600;
   /// How the history before each example is summarised; saved with the
   /// model and used by score().
@@ -104,9 +111,9 @@ struct LogisticTrainConfig {
 
 /// What training did, per objective.
 struct ObjectiveTrainReport {
-  std::string objective;
-  std::size_t train_examples = 0;
-  std::size_t validation_examples = 0;
+  std::string objective;                ///< "ctr", "cvr" or "dwell"
+  std::size_t train_examples = 0;       ///< examples the weights were fitted on
+  std::size_t validation_examples = 0;  ///< the latest examples, held out for early stopping
   double positive_rate = 0.0;      ///< classification objectives: share of positives (dwell: 0)
   double validation_metric = 0.0;  ///< AUC (ctr, cvr) or RMSE of log(1 + dwell_s) (dwell)
   /// "auc", "rmse", or "log_loss" when the validation split of a
@@ -138,7 +145,9 @@ class LogisticFineRanker final : public FineRanker {
       std::vector<ObjectiveTrainReport>* report = nullptr);
 
   /// Loads a model written by save(), bound to a catalogue with vectors.
-  /// @throws Error(io) / Error(format) naming the file and the problem.
+  /// @throws Error(io) / Error(format) naming the file and the problem;
+  ///         Error(invalid_argument) when the catalogue is null, has no
+  ///         vectors or vectors of another dimension than the model's.
   static std::unique_ptr<LogisticFineRanker> load(const std::filesystem::path& path,
                                                   std::shared_ptr<const Catalog> catalog);
 
@@ -150,8 +159,9 @@ class LogisticFineRanker final : public FineRanker {
   [[nodiscard]] std::span<const std::string> objectives() const override;
   [[nodiscard]] std::string name() const override { return "logistic"; }
   /// Scores candidates: ctr and cvr as probabilities in [0, 1], dwell as
-  /// expected seconds (>= 0). Builds one HistoryProfile for the request and
-  /// allocates nothing per candidate.
+  /// expected seconds (>= 0). Builds one HistoryProfile for the request (as
+  /// of user.now_ts; see HistoryProfile for an unset clock) and allocates
+  /// nothing per candidate.
   /// @throws Error(invalid_argument) when scores is not candidates.size() x 3
   ///         or a candidate id is not in the catalogue (the message names it).
   void score(const UserContext& user, std::span<const Candidate> candidates,

@@ -305,8 +305,10 @@ std::size_t simd_block_rows(std::size_t dim) {
 }
 
 // scores (count x width) of `count` stored rows against one packed chunk.
+// `packed` is the chunk as packed above, `queries` the same queries row-major
+// (kernels read whichever layout suits them).
 using ScoreFn = void (*)(const float* rows, std::size_t count, std::size_t dim, const float* packed,
-                         float* scores);
+                         const float* queries, float* scores);
 // Offers the scores of `count` rows against one chunk to the chunk's heaps.
 template <Metric kMetric>
 using ScanFn = void (*)(const float* scores, std::size_t count, const float* query_norms,
@@ -324,6 +326,67 @@ inline void offer_lanes(unsigned mask, const float* distances, ItemId id, const 
     mask &= mask - 1;
     heaps[lane].offer(distances[lane], id, allows);
   }
+}
+
+// Few queries (up to kDotQueries) would leave most lanes of a tile unused;
+// these kernels instead vectorise along the dimension, one dot product per
+// (row, query), reduced across lanes in a fixed order, and write lane i of
+// each row's scores (the rest of the row is never read: those lanes reject).
+constexpr std::size_t kDotQueries = 4;
+
+// Sum of the 16 lanes in a fixed order. (The zero-masked forms avoid the
+// "undefined" pass-through operands of the plain intrinsics, which GCC 12
+// reports as -Wmaybe-uninitialized inside its own headers.)
+[[gnu::target("avx512f")]] inline float reduce_avx512(__m512 v) {
+  constexpr __mmask16 kAll = 0xFFFF;
+  v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(kAll, v, v, 0x4E));  // + other 256-bit half
+  v = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(kAll, v, v, 0xB1));  // + neighbouring 128 bits
+  __m128 x = _mm512_maskz_extractf32x4_ps(0xF, v, 0);
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  return _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps(x, x, 1)));
+}
+
+template <int kRows, int kQueries>
+[[gnu::target("avx512f")]] inline void dot_tile_avx512(const float* rows, std::size_t dim,
+                                                       const float* queries, float* scores) {
+  __m512 acc[kRows][kQueries];
+  for (int r = 0; r < kRows; ++r) {
+    for (int i = 0; i < kQueries; ++i) acc[r][i] = _mm512_setzero_ps();
+  }
+  std::size_t c = 0;
+  for (; c + 16 <= dim; c += 16) {
+    __m512 q[kQueries];
+    for (int i = 0; i < kQueries; ++i) q[i] = _mm512_loadu_ps(queries + i * dim + c);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 x = _mm512_loadu_ps(rows + r * dim + c);
+      for (int i = 0; i < kQueries; ++i) acc[r][i] = _mm512_fmadd_ps(x, q[i], acc[r][i]);
+    }
+  }
+  if (c < dim) {
+    const auto tail = static_cast<__mmask16>((1U << (dim - c)) - 1U);
+    __m512 q[kQueries];
+    for (int i = 0; i < kQueries; ++i) q[i] = _mm512_maskz_loadu_ps(tail, queries + i * dim + c);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 x = _mm512_maskz_loadu_ps(tail, rows + r * dim + c);
+      for (int i = 0; i < kQueries; ++i) acc[r][i] = _mm512_fmadd_ps(x, q[i], acc[r][i]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int i = 0; i < kQueries; ++i) scores[r * 16 + i] = reduce_avx512(acc[r][i]);
+  }
+}
+
+template <int kQueries>
+[[gnu::target("avx512f")]] void dot_avx512(const float* rows, std::size_t count, std::size_t dim,
+                                           const float* /*packed*/, const float* queries,
+                                           float* scores) {
+  constexpr int kTile = 4;
+  std::size_t r = 0;
+  for (; r + kTile <= count; r += kTile) {
+    dot_tile_avx512<kTile, kQueries>(rows + r * dim, dim, queries, scores + r * 16);
+  }
+  for (; r < count; ++r)
+    dot_tile_avx512<1, kQueries>(rows + r * dim, dim, queries, scores + r * 16);
 }
 
 template <int kRows, int kVecs>
@@ -349,7 +412,8 @@ template <int kRows, int kVecs>
 
 template <int kVecs>
 [[gnu::target("avx512f")]] void score_avx512(const float* rows, std::size_t count, std::size_t dim,
-                                             const float* packed, float* scores) {
+                                             const float* packed, const float* /*queries*/,
+                                             float* scores) {
   constexpr std::size_t kWidth = 16 * kVecs;
   constexpr int kTile = kVecs == 1 ? 14 : 12;  // accumulators + operands fit 32 registers
   std::size_t r = 0;
@@ -379,7 +443,7 @@ template <Metric kMetric, int kVecs>
         d = _mm512_sub_ps(
             _mm512_add_ps(_mm512_loadu_ps(query_norms + 16 * v), _mm512_set1_ps(norms[j])),
             _mm512_add_ps(d, d));
-        d = _mm512_max_ps(d, _mm512_setzero_ps());
+        d = _mm512_maskz_max_ps(0xFFFF, d, _mm512_setzero_ps());
       }
       const __mmask16 pass = _mm512_cmp_ps_mask(d, _mm512_loadu_ps(thresholds + 16 * v), kPasses);
       if (pass == 0) continue;
@@ -387,6 +451,56 @@ template <Metric kMetric, int kVecs>
       offer_lanes<kMetric>(pass, distances, ids[j], allows, heaps + 16 * v);
     }
   }
+}
+
+// Sum of the 8 lanes in a fixed order.
+[[gnu::target("avx2,fma")]] inline float reduce_avx2(__m256 v) {
+  const __m128 halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+  return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
+}
+
+template <int kRows, int kQueries>
+[[gnu::target("avx2,fma")]] inline void dot_tile_avx2(const float* rows, std::size_t dim,
+                                                      const float* queries, float* scores) {
+  __m256 acc[kRows][kQueries];
+  for (int r = 0; r < kRows; ++r) {
+    for (int i = 0; i < kQueries; ++i) acc[r][i] = _mm256_setzero_ps();
+  }
+  std::size_t c = 0;
+  for (; c + 8 <= dim; c += 8) {
+    __m256 q[kQueries];
+    for (int i = 0; i < kQueries; ++i) q[i] = _mm256_loadu_ps(queries + i * dim + c);
+    for (int r = 0; r < kRows; ++r) {
+      const __m256 x = _mm256_loadu_ps(rows + r * dim + c);
+      for (int i = 0; i < kQueries; ++i) acc[r][i] = _mm256_fmadd_ps(x, q[i], acc[r][i]);
+    }
+  }
+  float sums[kRows][kQueries];
+  for (int r = 0; r < kRows; ++r) {
+    for (int i = 0; i < kQueries; ++i) sums[r][i] = reduce_avx2(acc[r][i]);
+  }
+  // The last dim % 8 values, in order, after the vector part.
+  for (; c < dim; ++c) {
+    for (int r = 0; r < kRows; ++r) {
+      for (int i = 0; i < kQueries; ++i) sums[r][i] += rows[r * dim + c] * queries[i * dim + c];
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int i = 0; i < kQueries; ++i) scores[r * 8 + i] = sums[r][i];
+  }
+}
+
+template <int kQueries>
+[[gnu::target("avx2,fma")]] void dot_avx2(const float* rows, std::size_t count, std::size_t dim,
+                                          const float* /*packed*/, const float* queries,
+                                          float* scores) {
+  constexpr int kTile = 3;
+  std::size_t r = 0;
+  for (; r + kTile <= count; r += kTile) {
+    dot_tile_avx2<kTile, kQueries>(rows + r * dim, dim, queries, scores + r * 8);
+  }
+  for (; r < count; ++r) dot_tile_avx2<1, kQueries>(rows + r * dim, dim, queries, scores + r * 8);
 }
 
 template <int kRows, int kVecs>
@@ -412,7 +526,8 @@ template <int kRows, int kVecs>
 
 template <int kVecs>
 [[gnu::target("avx2,fma")]] void score_avx2(const float* rows, std::size_t count, std::size_t dim,
-                                            const float* packed, float* scores) {
+                                            const float* packed, const float* /*queries*/,
+                                            float* scores) {
   constexpr std::size_t kWidth = 8 * kVecs;
   constexpr int kTile = kVecs == 1 ? 12 : 6;  // accumulators + operands fit 16 registers
   std::size_t r = 0;
@@ -467,10 +582,15 @@ template <Metric kMetric>
 SimdKernel<kMetric> simd_kernel(ExactKernel kernel, std::size_t nq) {
 #if FUNNEL_EXACT_X86
   if (kernel == ExactKernel::avx512) {
+    constexpr ScoreFn kDot[kDotQueries] = {&dot_avx512<1>, &dot_avx512<2>, &dot_avx512<3>,
+                                           &dot_avx512<4>};
+    if (nq <= kDotQueries) return {16, kDot[nq - 1], &scan_avx512<kMetric, 1>};
     if (nq <= 16) return {16, &score_avx512<1>, &scan_avx512<kMetric, 1>};
     return {32, &score_avx512<2>, &scan_avx512<kMetric, 2>};
   }
   if (kernel == ExactKernel::avx2) {
+    constexpr ScoreFn kDot[kDotQueries] = {&dot_avx2<1>, &dot_avx2<2>, &dot_avx2<3>, &dot_avx2<4>};
+    if (nq <= kDotQueries) return {8, kDot[nq - 1], &scan_avx2<kMetric, 1>};
     if (nq <= 8) return {8, &score_avx2<1>, &scan_avx2<kMetric, 1>};
     return {16, &score_avx2<2>, &scan_avx2<kMetric, 2>};
   }
@@ -496,7 +616,8 @@ void scan_range_simd(const SearchInput& in, const PackedQueries& packed,
     const std::size_t rows = std::min(block_rows, in.count - row0);
     for (std::size_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
       kernel.score(in.vectors + row0 * in.dim, rows, in.dim,
-                   packed.values.data() + chunk * in.dim * width, scores.data());
+                   packed.values.data() + chunk * in.dim * width,
+                   in.queries + chunk * width * in.dim, scores.data());
       kernel.scan(scores.data(), rows, packed.norms.data() + chunk * width, in.norms + row0,
                   in.ids + row0, in.filter, heaps.heaps(chunk * width),
                   heaps.thresholds(chunk * width));

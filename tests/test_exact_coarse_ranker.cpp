@@ -233,19 +233,22 @@ TEST_CASE("exact search equals a double-precision brute force", "[exact]") {
   const auto kernel = GENERATE(ExactKernel::portable, ExactKernel::avx2, ExactKernel::avx512);
   if (skip_unsupported(kernel)) return;
   const auto metric = GENERATE(Metric::inner_product, Metric::l2);
-  CAPTURE(funnel::to_string(kernel), funnel::to_string(metric));
-  const auto base = random_vectors(kBase, kDim, 1);
+  // 21 is not a multiple of any vector width, so the kernels' tails run.
+  const std::size_t dim = GENERATE(std::size_t{kDim}, std::size_t{21});
+  CAPTURE(funnel::to_string(kernel), funnel::to_string(metric), dim);
+  const auto base = random_vectors(kBase, dim, 1);
   const auto ids = scattered_ids(kBase);
-  auto ranker = make_ranker(kDim, metric, 1, kernel);
+  auto ranker = make_ranker(dim, metric, 1, kernel);
   CHECK(ranker.kernel() == kernel);
   add_all(ranker, base, ids);
   REQUIRE(ranker.size() == kBase);
 
-  // 1 and 7 queries use the kernels' narrow chunks, 40 the wide ones.
-  for (const std::size_t nq : {std::size_t{1}, std::size_t{7}, kQueries}) {
-    const auto queries = random_vectors(nq, kDim, 2);
+  // 1 and 3 queries use the SIMD kernels' dot-product form, 7 their narrow
+  // chunks, 40 the wide ones.
+  for (const std::size_t nq : {std::size_t{1}, std::size_t{3}, std::size_t{7}, kQueries}) {
+    const auto queries = random_vectors(nq, dim, 2);
     const auto reference =
-        brute_force(base, ids, queries, kDim, metric, [](ItemId) { return true; });
+        brute_force(base, ids, queries, dim, metric, [](ItemId) { return true; });
     for (const std::size_t k : {std::size_t{1}, std::size_t{10}, std::size_t{100}}) {
       CAPTURE(nq, k);
       const Result got = run_search(ranker, queries, k);

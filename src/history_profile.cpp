@@ -96,6 +96,7 @@ HistoryProfile::HistoryProfile(const Catalog& catalog, const UserContext& user,
 void HistoryProfile::build(std::span<const HistoryEvent> history, std::int64_t now_ts,
                            const HistoryProfileConfig& config) {
   config.validate();
+  now_ts_ = now_ts;
   const Catalog& catalog = *catalog_;
 
   // Select the most recent max_events eligible events. A history in time

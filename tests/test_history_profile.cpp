@@ -263,6 +263,8 @@ TEST_CASE("HistoryProfile from a UserContext uses its clock", "[history_profile]
   // now counts, with no decay on it.
   user.now_ts = 0;
   const HistoryProfile unset(catalog, user, fast_decay());
+  CHECK(at_now.now_ts() == 10000);
+  CHECK(unset.now_ts() == 11000);
   CHECK(unset.events() == 6);
   CHECK(unset.purchased(5));
 }

@@ -71,6 +71,8 @@ class HistoryProfile {
   HistoryProfile(const Catalog& catalog, const UserContext& user,
                  const HistoryProfileConfig& config = {});
 
+  /// The time the profile was built for (the resolved clock of a UserContext).
+  [[nodiscard]] std::int64_t now_ts() const noexcept { return now_ts_; }
   /// Number of events that were counted (at most max_events).
   [[nodiscard]] std::size_t events() const noexcept { return counted_; }
   /// Number of distinct items among the counted events.
@@ -133,6 +135,7 @@ class HistoryProfile {
              const HistoryProfileConfig& config);
 
   const Catalog* catalog_;
+  std::int64_t now_ts_ = 0;
   std::vector<Match> used_;             // one entry per distinct item, strongest event kept
   std::vector<std::size_t> used_rows_;  // catalogue row of each used_ entry
   std::size_t counted_ = 0;

@@ -346,41 +346,42 @@ constexpr std::size_t kDotQueries = 4;
   return _mm_cvtss_f32(_mm_add_ss(x, _mm_shuffle_ps(x, x, 1)));
 }
 
-template <int kRows, int kQueries>
+template <std::size_t kRows, std::size_t kQueries>
 [[gnu::target("avx512f")]] inline void dot_tile_avx512(const float* rows, std::size_t dim,
                                                        const float* queries, float* scores) {
   __m512 acc[kRows][kQueries];
-  for (int r = 0; r < kRows; ++r) {
-    for (int i = 0; i < kQueries; ++i) acc[r][i] = _mm512_setzero_ps();
+  for (std::size_t r = 0; r < kRows; ++r) {
+    for (std::size_t i = 0; i < kQueries; ++i) acc[r][i] = _mm512_setzero_ps();
   }
   std::size_t c = 0;
   for (; c + 16 <= dim; c += 16) {
     __m512 q[kQueries];
-    for (int i = 0; i < kQueries; ++i) q[i] = _mm512_loadu_ps(queries + i * dim + c);
-    for (int r = 0; r < kRows; ++r) {
+    for (std::size_t i = 0; i < kQueries; ++i) q[i] = _mm512_loadu_ps(queries + i * dim + c);
+    for (std::size_t r = 0; r < kRows; ++r) {
       const __m512 x = _mm512_loadu_ps(rows + r * dim + c);
-      for (int i = 0; i < kQueries; ++i) acc[r][i] = _mm512_fmadd_ps(x, q[i], acc[r][i]);
+      for (std::size_t i = 0; i < kQueries; ++i) acc[r][i] = _mm512_fmadd_ps(x, q[i], acc[r][i]);
     }
   }
   if (c < dim) {
     const auto tail = static_cast<__mmask16>((1U << (dim - c)) - 1U);
     __m512 q[kQueries];
-    for (int i = 0; i < kQueries; ++i) q[i] = _mm512_maskz_loadu_ps(tail, queries + i * dim + c);
-    for (int r = 0; r < kRows; ++r) {
+    for (std::size_t i = 0; i < kQueries; ++i)
+      q[i] = _mm512_maskz_loadu_ps(tail, queries + i * dim + c);
+    for (std::size_t r = 0; r < kRows; ++r) {
       const __m512 x = _mm512_maskz_loadu_ps(tail, rows + r * dim + c);
-      for (int i = 0; i < kQueries; ++i) acc[r][i] = _mm512_fmadd_ps(x, q[i], acc[r][i]);
+      for (std::size_t i = 0; i < kQueries; ++i) acc[r][i] = _mm512_fmadd_ps(x, q[i], acc[r][i]);
     }
   }
-  for (int r = 0; r < kRows; ++r) {
-    for (int i = 0; i < kQueries; ++i) scores[r * 16 + i] = reduce_avx512(acc[r][i]);
+  for (std::size_t r = 0; r < kRows; ++r) {
+    for (std::size_t i = 0; i < kQueries; ++i) scores[r * 16 + i] = reduce_avx512(acc[r][i]);
   }
 }
 
-template <int kQueries>
+template <std::size_t kQueries>
 [[gnu::target("avx512f")]] void dot_avx512(const float* rows, std::size_t count, std::size_t dim,
                                            const float* /*packed*/, const float* queries,
                                            float* scores) {
-  constexpr int kTile = 4;
+  constexpr std::size_t kTile = 4;
   std::size_t r = 0;
   for (; r + kTile <= count; r += kTile) {
     dot_tile_avx512<kTile, kQueries>(rows + r * dim, dim, queries, scores + r * 16);
@@ -389,33 +390,35 @@ template <int kQueries>
     dot_tile_avx512<1, kQueries>(rows + r * dim, dim, queries, scores + r * 16);
 }
 
-template <int kRows, int kVecs>
+template <std::size_t kRows, std::size_t kVecs>
 [[gnu::target("avx512f")]] inline void tile_avx512(const float* rows, std::size_t dim,
                                                    const float* packed, float* scores) {
   constexpr std::size_t kWidth = 16 * kVecs;
   __m512 acc[kRows][kVecs];
-  for (int r = 0; r < kRows; ++r) {
-    for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (std::size_t r = 0; r < kRows; ++r) {
+    for (std::size_t v = 0; v < kVecs; ++v) acc[r][v] = _mm512_setzero_ps();
   }
   for (std::size_t c = 0; c < dim; ++c) {
     __m512 lanes[kVecs];
-    for (int v = 0; v < kVecs; ++v) lanes[v] = _mm512_loadu_ps(packed + c * kWidth + 16 * v);
-    for (int r = 0; r < kRows; ++r) {
+    for (std::size_t v = 0; v < kVecs; ++v)
+      lanes[v] = _mm512_loadu_ps(packed + c * kWidth + 16 * v);
+    for (std::size_t r = 0; r < kRows; ++r) {
       const __m512 x = _mm512_set1_ps(rows[r * dim + c]);
-      for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_fmadd_ps(x, lanes[v], acc[r][v]);
+      for (std::size_t v = 0; v < kVecs; ++v) acc[r][v] = _mm512_fmadd_ps(x, lanes[v], acc[r][v]);
     }
   }
-  for (int r = 0; r < kRows; ++r) {
-    for (int v = 0; v < kVecs; ++v) _mm512_storeu_ps(scores + r * kWidth + 16 * v, acc[r][v]);
+  for (std::size_t r = 0; r < kRows; ++r) {
+    for (std::size_t v = 0; v < kVecs; ++v)
+      _mm512_storeu_ps(scores + r * kWidth + 16 * v, acc[r][v]);
   }
 }
 
-template <int kVecs>
+template <std::size_t kVecs>
 [[gnu::target("avx512f")]] void score_avx512(const float* rows, std::size_t count, std::size_t dim,
                                              const float* packed, const float* /*queries*/,
                                              float* scores) {
   constexpr std::size_t kWidth = 16 * kVecs;
-  constexpr int kTile = kVecs == 1 ? 14 : 12;  // accumulators + operands fit 32 registers
+  constexpr std::size_t kTile = kVecs == 1 ? 14 : 12;  // accumulators + operands fit 32 registers
   std::size_t r = 0;
   for (; r + kTile <= count; r += kTile) {
     tile_avx512<kTile, kVecs>(rows + r * dim, dim, packed, scores + r * kWidth);
@@ -426,7 +429,7 @@ template <int kVecs>
   for (; r < count; ++r) tile_avx512<1, kVecs>(rows + r * dim, dim, packed, scores + r * kWidth);
 }
 
-template <Metric kMetric, int kVecs>
+template <Metric kMetric, std::size_t kVecs>
 [[gnu::target("avx512f")]] void scan_avx512(const float* scores, std::size_t count,
                                             const float* query_norms, const float* norms,
                                             const ItemId* ids, const IdFilter* filter,
@@ -436,7 +439,7 @@ template <Metric kMetric, int kVecs>
   const Allows allows{filter};
   alignas(64) float distances[16];
   for (std::size_t j = 0; j < count; ++j) {
-    for (int v = 0; v < kVecs; ++v) {
+    for (std::size_t v = 0; v < kVecs; ++v) {
       __m512 d = _mm512_loadu_ps(scores + j * kWidth + 16 * v);
       if constexpr (kMetric == Metric::l2) {
         // |q|^2 + |x|^2 - 2 q.x, clamped at 0 against rounding.
@@ -460,42 +463,43 @@ template <Metric kMetric, int kVecs>
   return _mm_cvtss_f32(_mm_add_ss(pairs, _mm_shuffle_ps(pairs, pairs, 1)));
 }
 
-template <int kRows, int kQueries>
+template <std::size_t kRows, std::size_t kQueries>
 [[gnu::target("avx2,fma")]] inline void dot_tile_avx2(const float* rows, std::size_t dim,
                                                       const float* queries, float* scores) {
   __m256 acc[kRows][kQueries];
-  for (int r = 0; r < kRows; ++r) {
-    for (int i = 0; i < kQueries; ++i) acc[r][i] = _mm256_setzero_ps();
+  for (std::size_t r = 0; r < kRows; ++r) {
+    for (std::size_t i = 0; i < kQueries; ++i) acc[r][i] = _mm256_setzero_ps();
   }
   std::size_t c = 0;
   for (; c + 8 <= dim; c += 8) {
     __m256 q[kQueries];
-    for (int i = 0; i < kQueries; ++i) q[i] = _mm256_loadu_ps(queries + i * dim + c);
-    for (int r = 0; r < kRows; ++r) {
+    for (std::size_t i = 0; i < kQueries; ++i) q[i] = _mm256_loadu_ps(queries + i * dim + c);
+    for (std::size_t r = 0; r < kRows; ++r) {
       const __m256 x = _mm256_loadu_ps(rows + r * dim + c);
-      for (int i = 0; i < kQueries; ++i) acc[r][i] = _mm256_fmadd_ps(x, q[i], acc[r][i]);
+      for (std::size_t i = 0; i < kQueries; ++i) acc[r][i] = _mm256_fmadd_ps(x, q[i], acc[r][i]);
     }
   }
   float sums[kRows][kQueries];
-  for (int r = 0; r < kRows; ++r) {
-    for (int i = 0; i < kQueries; ++i) sums[r][i] = reduce_avx2(acc[r][i]);
+  for (std::size_t r = 0; r < kRows; ++r) {
+    for (std::size_t i = 0; i < kQueries; ++i) sums[r][i] = reduce_avx2(acc[r][i]);
   }
   // The last dim % 8 values, in order, after the vector part.
   for (; c < dim; ++c) {
-    for (int r = 0; r < kRows; ++r) {
-      for (int i = 0; i < kQueries; ++i) sums[r][i] += rows[r * dim + c] * queries[i * dim + c];
+    for (std::size_t r = 0; r < kRows; ++r) {
+      for (std::size_t i = 0; i < kQueries; ++i)
+        sums[r][i] += rows[r * dim + c] * queries[i * dim + c];
     }
   }
-  for (int r = 0; r < kRows; ++r) {
-    for (int i = 0; i < kQueries; ++i) scores[r * 8 + i] = sums[r][i];
+  for (std::size_t r = 0; r < kRows; ++r) {
+    for (std::size_t i = 0; i < kQueries; ++i) scores[r * 8 + i] = sums[r][i];
   }
 }
 
-template <int kQueries>
+template <std::size_t kQueries>
 [[gnu::target("avx2,fma")]] void dot_avx2(const float* rows, std::size_t count, std::size_t dim,
                                           const float* /*packed*/, const float* queries,
                                           float* scores) {
-  constexpr int kTile = 3;
+  constexpr std::size_t kTile = 3;
   std::size_t r = 0;
   for (; r + kTile <= count; r += kTile) {
     dot_tile_avx2<kTile, kQueries>(rows + r * dim, dim, queries, scores + r * 8);
@@ -503,33 +507,34 @@ template <int kQueries>
   for (; r < count; ++r) dot_tile_avx2<1, kQueries>(rows + r * dim, dim, queries, scores + r * 8);
 }
 
-template <int kRows, int kVecs>
+template <std::size_t kRows, std::size_t kVecs>
 [[gnu::target("avx2,fma")]] inline void tile_avx2(const float* rows, std::size_t dim,
                                                   const float* packed, float* scores) {
   constexpr std::size_t kWidth = 8 * kVecs;
   __m256 acc[kRows][kVecs];
-  for (int r = 0; r < kRows; ++r) {
-    for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm256_setzero_ps();
+  for (std::size_t r = 0; r < kRows; ++r) {
+    for (std::size_t v = 0; v < kVecs; ++v) acc[r][v] = _mm256_setzero_ps();
   }
   for (std::size_t c = 0; c < dim; ++c) {
     __m256 lanes[kVecs];
-    for (int v = 0; v < kVecs; ++v) lanes[v] = _mm256_loadu_ps(packed + c * kWidth + 8 * v);
-    for (int r = 0; r < kRows; ++r) {
+    for (std::size_t v = 0; v < kVecs; ++v) lanes[v] = _mm256_loadu_ps(packed + c * kWidth + 8 * v);
+    for (std::size_t r = 0; r < kRows; ++r) {
       const __m256 x = _mm256_broadcast_ss(rows + r * dim + c);
-      for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm256_fmadd_ps(x, lanes[v], acc[r][v]);
+      for (std::size_t v = 0; v < kVecs; ++v) acc[r][v] = _mm256_fmadd_ps(x, lanes[v], acc[r][v]);
     }
   }
-  for (int r = 0; r < kRows; ++r) {
-    for (int v = 0; v < kVecs; ++v) _mm256_storeu_ps(scores + r * kWidth + 8 * v, acc[r][v]);
+  for (std::size_t r = 0; r < kRows; ++r) {
+    for (std::size_t v = 0; v < kVecs; ++v)
+      _mm256_storeu_ps(scores + r * kWidth + 8 * v, acc[r][v]);
   }
 }
 
-template <int kVecs>
+template <std::size_t kVecs>
 [[gnu::target("avx2,fma")]] void score_avx2(const float* rows, std::size_t count, std::size_t dim,
                                             const float* packed, const float* /*queries*/,
                                             float* scores) {
   constexpr std::size_t kWidth = 8 * kVecs;
-  constexpr int kTile = kVecs == 1 ? 12 : 6;  // accumulators + operands fit 16 registers
+  constexpr std::size_t kTile = kVecs == 1 ? 12 : 6;  // accumulators + operands fit 16 registers
   std::size_t r = 0;
   for (; r + kTile <= count; r += kTile) {
     tile_avx2<kTile, kVecs>(rows + r * dim, dim, packed, scores + r * kWidth);
@@ -540,7 +545,7 @@ template <int kVecs>
   for (; r < count; ++r) tile_avx2<1, kVecs>(rows + r * dim, dim, packed, scores + r * kWidth);
 }
 
-template <Metric kMetric, int kVecs>
+template <Metric kMetric, std::size_t kVecs>
 [[gnu::target("avx2,fma")]] void scan_avx2(const float* scores, std::size_t count,
                                            const float* query_norms, const float* norms,
                                            const ItemId* ids, const IdFilter* filter,
@@ -550,7 +555,7 @@ template <Metric kMetric, int kVecs>
   const Allows allows{filter};
   alignas(32) float distances[8];
   for (std::size_t j = 0; j < count; ++j) {
-    for (int v = 0; v < kVecs; ++v) {
+    for (std::size_t v = 0; v < kVecs; ++v) {
       __m256 d = _mm256_loadu_ps(scores + j * kWidth + 8 * v);
       if constexpr (kMetric == Metric::l2) {
         d = _mm256_sub_ps(

@@ -16,9 +16,9 @@
 /// one and no over-fetching happens. L2 distances are
 /// |q|^2 + |x|^2 - 2 q.x, clamped at 0.
 ///
-/// Ties: items with equal distance are ordered by ascending id, so results
-/// are deterministic whatever the insertion/removal history, the thread
-/// count or the order of rows in memory.
+/// Ties: items with equal distance are ordered by ascending id, so their
+/// order never depends on where rows sit in memory (which add() and remove()
+/// change) or on the thread count.
 ///
 /// Files: save() writes the vectors as a FAISS index (IndexIDMap2 over
 /// IndexFlatIP/IndexFlatL2, readable with faiss.read_index) at `path` and a
@@ -51,10 +51,10 @@
 namespace funnel {
 
 /// Which code computes the scores in ExactCoarseRanker::search(). The
-/// instruction set is chosen at run time; every kernel returns the exact
-/// top-k up to float rounding (scores agree within about 1e-6 relative, so
-/// kernels may order near-ties differently), and a given kernel returns
-/// bit-identical results for every thread count.
+/// instruction set is chosen at run time. Kernels add the products in
+/// different orders, so their scores differ by float rounding and they may
+/// order items whose distances tie to float precision differently; a given
+/// kernel returns bit-identical results for every thread count.
 enum class ExactKernel {
   automatic,  ///< the fastest one this CPU supports (avx512, avx2, portable)
   portable,   ///< Eigen GEMM built for the build's baseline instruction set

@@ -368,7 +368,7 @@ TEST_CASE("HashingEncoder: errors", "[hashing_encoder]") {
   }
 }
 
-TEST_CASE("HashingEncoder: concurrent encodes agree", "[hashing_encoder]") {
+TEST_CASE("HashingEncoder: concurrent encodes agree", "[hashing_encoder][concurrency]") {
   const HashingEncoder enc;
   std::vector<std::string> texts;
   texts.reserve(400);

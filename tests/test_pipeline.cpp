@@ -5,11 +5,16 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <thread>
 
 #include <catch2/catch.hpp>
 
 #include "funnel/error.hpp"
+#include "funnel/exact_coarse_ranker.hpp"
+#include "funnel/hashing_encoder.hpp"
+#include "funnel/logistic_fine_ranker.hpp"
 #include "funnel/pipeline.hpp"
+#include "funnel/template_reason_generator.hpp"
 
 using namespace funnel;
 using Catch::Matchers::Contains;
@@ -270,4 +275,106 @@ TEST_CASE("Pipeline rejects inconsistent wiring", "[pipeline]") {
   const Recommendation cold = w.pipeline(config(6, 3)).recommend(UserContext{});
   CHECK(cold.items.size() == 3);
   CHECK(ids_of(cold) == std::vector<ItemId>{4, 6, 2});
+}
+
+TEST_CASE("Pipeline with funnel's own stages serves concurrent requests identically",
+          "[pipeline][concurrency]") {
+  // A small shop: 4 categories x 8 items with shared title words, users who
+  // click within "their" category, then funnel's four stages end to end.
+  auto catalog = std::make_shared<Catalog>();
+  const char* words[4][2] = {{"water bottle", "保温杯"},
+                             {"silk dress", "连衣裙"},
+                             {"running shoes", "跑鞋"},
+                             {"green tea", "绿茶"}};
+  ItemId id = 1;
+  for (int c = 0; c < 4; ++c) {
+    for (int i = 0; i < 8; ++i, ++id) {
+      catalog->add({.id = id,
+                    .title = std::string(words[c][i % 2]) + " model " + std::to_string(i),
+                    .category = "c" + std::to_string(c),
+                    .brand = "b" + std::to_string(c * 2 + i % 2),
+                    .price = 20.0 + 10.0 * i});
+    }
+  }
+  auto encoder = std::make_shared<HashingEncoder>();
+  std::vector<std::string> titles;
+  for (const Item& item : catalog->items()) titles.push_back(item.title);
+  catalog->set_vectors(encoder->encode(titles));
+  auto index = std::make_shared<ExactCoarseRanker>(ExactCoarseRankerConfig{.dim = encoder->dim()});
+  index->add(catalog->vectors(), catalog->ids());
+
+  std::vector<UserProfile> users;
+  std::vector<Event> events;
+  std::int64_t ts = 1'700'000'000;
+  for (int u = 0; u < 8; ++u) {
+    users.push_back({.id = "u" + std::to_string(u), .age = 20 + u, .location = u % 2 ? "A" : "B"});
+    for (int round = 0; round < 12; ++round) {
+      for (ItemId item = 1; item <= 32; item += 3) {
+        const std::string user = "u" + std::to_string(u);
+        events.push_back({.user = user, .item = item, .type = EventType::view, .ts = ts});
+        if ((item - 1) / 8 == u % 4 && (round + item) % 2 == 0) {
+          events.push_back({.user = user,
+                            .item = item,
+                            .type = EventType::click,
+                            .dwell_s = 10.0 + static_cast<double>(round),
+                            .ts = ts + 3});
+          if ((round + item) % 4 == 0) {
+            events.push_back(
+                {.user = user, .item = item, .type = EventType::purchase, .ts = ts + 30});
+          }
+        }
+        ts += 60;
+      }
+    }
+  }
+  LogisticTrainConfig train;
+  train.validation_fraction = 0.2;
+  std::shared_ptr<const FineRanker> fine = LogisticFineRanker::train(catalog, events, users, train);
+  auto popularity = std::make_shared<Popularity>(Popularity::from_events(*catalog, events, users));
+  auto reasons = std::make_shared<TemplateReasonGenerator>(catalog, popularity);
+  PipelineConfig pc;
+  pc.coarse_k = 16;
+  pc.top_n = 5;
+  pc.exclude_purchased = false;  // users bought within their category: keep those rankable
+  const Pipeline pipeline(catalog, encoder, index, fine, reasons, pc);
+
+  const auto histories = group_histories(events);
+  std::vector<UserContext> requests;
+  for (int u = 0; u < 8; ++u) {
+    UserContext ctx;
+    ctx.profile = users[static_cast<std::size_t>(u)];
+    ctx.history = histories.at(ctx.profile.id);
+    ctx.now_ts = ts;
+    ctx.locale = u % 2 ? "en" : "zh-CN";
+    requests.push_back(std::move(ctx));
+  }
+  std::vector<Recommendation> serial;
+  for (const UserContext& ctx : requests) serial.push_back(pipeline.recommend(ctx));
+  // Users click in their own category: it leads their list.
+  for (int u = 0; u < 8; ++u) {
+    REQUIRE(serial[static_cast<std::size_t>(u)].items.size() == 5);
+    CHECK(catalog->at(serial[static_cast<std::size_t>(u)].items[0].id).category ==
+          "c" + std::to_string(u % 4));
+  }
+
+  std::vector<std::thread> threads;
+  std::vector<int> mismatches(4, 0);
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 5; ++round) {
+        for (std::size_t u = 0; u < requests.size(); ++u) {
+          const Recommendation r = pipeline.recommend(requests[u]);
+          bool same = r.items.size() == serial[u].items.size();
+          for (std::size_t i = 0; same && i < r.items.size(); ++i) {
+            same = r.items[i].id == serial[u].items[i].id &&
+                   r.items[i].score == serial[u].items[i].score &&
+                   r.items[i].reason.text == serial[u].items[i].reason.text;
+          }
+          mismatches[static_cast<std::size_t>(t)] += same ? 0 : 1;
+        }
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  CHECK(mismatches == std::vector<int>(4, 0));
 }

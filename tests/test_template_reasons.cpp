@@ -1380,7 +1380,7 @@ TEST_CASE("property: every reason for random histories rests on facts that hold"
   CHECK(last_week_said > 0);
 }
 
-TEST_CASE("explain may run concurrently", "[reasons]") {
+TEST_CASE("explain may run concurrently", "[reasons][concurrency]") {
   const auto catalog = small_shop();
   const auto popularity = shop_popularity(*catalog);
   const TemplateReasonGenerator gen(catalog, popularity);

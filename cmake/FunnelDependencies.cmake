@@ -15,4 +15,8 @@ add_library(funnel_deps INTERFACE)
 target_link_libraries(funnel_deps INTERFACE
   faiss DNNL::dnnl Eigen3::Eigen nlohmann_json::nlohmann_json PkgConfig::utf8proc
   OpenMP::OpenMP_CXX Threads::Threads)
+# Eigen must never start OpenMP threads on its own: components own their
+# thread counts (DESIGN.md), and one setting for every translation unit
+# keeps Eigen's inline GEMM identical across the library (no ODR mismatch).
+target_compile_definitions(funnel_deps INTERFACE EIGEN_DONT_PARALLELIZE)
 install(TARGETS funnel_deps EXPORT funnelTargets)

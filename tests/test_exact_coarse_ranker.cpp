@@ -813,7 +813,7 @@ TEST_CASE("a failed save leaves no temporaries and the old index intact", "[exac
   }
 }
 
-TEST_CASE("search results do not depend on threads", "[exact][threads]") {
+TEST_CASE("search results do not depend on threads", "[exact][threads][concurrency]") {
   const auto kernel = GENERATE(ExactKernel::portable, ExactKernel::avx2, ExactKernel::avx512);
   if (skip_unsupported(kernel)) return;
   const auto metric = GENERATE(Metric::inner_product, Metric::l2);
@@ -852,7 +852,7 @@ TEST_CASE("search results do not depend on threads", "[exact][threads]") {
   }
 }
 
-TEST_CASE("concurrent searches on one index agree with serial ones", "[exact][threads]") {
+TEST_CASE("concurrent searches on one index agree with serial ones", "[exact][threads][concurrency]") {
   const std::size_t dim = 16;
   const auto base = random_vectors(2000, dim, 23);
   auto ranker = make_ranker(dim, Metric::inner_product);
@@ -885,7 +885,7 @@ TEST_CASE("concurrent searches on one index agree with serial ones", "[exact][th
   CHECK(mismatches == 0);
 }
 
-TEST_CASE("an exception from a filter propagates from worker threads", "[exact][threads]") {
+TEST_CASE("an exception from a filter propagates from worker threads", "[exact][threads][concurrency]") {
   auto ranker = make_ranker(4, Metric::inner_product, 2);
   add_all(ranker, random_vectors(9000, 4, 40), scattered_ids(9000));
   const funnel::PredicateFilter throwing([](ItemId id) -> bool {

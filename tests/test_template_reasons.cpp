@@ -540,7 +540,7 @@ TEST_CASE("objective evidence: the objective on which the item stands out in its
     for (const auto& list : gen.collect_evidence(user, in2)) CHECK(list.empty());
 
     funnel::testing::TempDir dir;
-    std::string text = funnel::testing::read_bytes(FUNNEL_SOURCE_DIR "/templates/reasons.json");
+    std::string text = funnel::testing::read_bytes(FUNNEL_SOURCE_DIR "/src/templates/reasons.json");
     const std::string anchor = "\"none\": \"Recommended for you\",";
     REQUIRE(contains(text, anchor));
     text.replace(text.find(anchor), anchor.size(),
@@ -734,9 +734,9 @@ TEST_CASE("a template file from the host replaces the built-ins", "[reasons]") {
   r = explain(gen, user, inputs({2}));
   CHECK(r[0].locale == "en");
 
-  SECTION("the shipped templates/reasons.json is valid and is what is built in") {
+  SECTION("the shipped src/templates/reasons.json is valid and is what is built in") {
     TemplateReasonConfig shipped;
-    shipped.templates = FUNNEL_SOURCE_DIR "/templates/reasons.json";
+    shipped.templates = FUNNEL_SOURCE_DIR "/src/templates/reasons.json";
     const TemplateReasonGenerator from_file(catalog, nullptr, shipped);
     const TemplateReasonGenerator builtin(catalog, nullptr);
     for (const char* locale : {"en", "zh-CN"}) {

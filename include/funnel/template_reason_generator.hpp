@@ -47,7 +47,7 @@
 ///
 /// Template file (JSON): {"<locale>": {"<key>": "<text with {placeholders}>", ...}, ...}.
 /// Keys and placeholders are documented in docs/reasons.md; the built-in
-/// defaults are the file templates/reasons.json of the source tree.
+/// defaults are the file src/templates/reasons.json of the source tree.
 ///
 /// Locale resolution (case-insensitive, '_' read as '-'): an exact match;
 /// else a template locale with the same language subtag ("zh" -> "zh-CN",

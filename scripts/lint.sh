@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 build=${1:-build}
 [ -f "$build/compile_commands.json" ] || cmake --preset release >/dev/null
 
-mapfile -t files < <(git ls-files '*.cpp' '*.hpp' | grep -v '^tests/consumer/')
+mapfile -t files < <(git ls-files '*.cpp' '*.hpp')
 echo "lint: clang-format on ${#files[@]} files"
 clang-format --dry-run --Werror "${files[@]}"
 

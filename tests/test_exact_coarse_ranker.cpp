@@ -852,7 +852,8 @@ TEST_CASE("search results do not depend on threads", "[exact][threads][concurren
   }
 }
 
-TEST_CASE("concurrent searches on one index agree with serial ones", "[exact][threads][concurrency]") {
+TEST_CASE("concurrent searches on one index agree with serial ones",
+          "[exact][threads][concurrency]") {
   const std::size_t dim = 16;
   const auto base = random_vectors(2000, dim, 23);
   auto ranker = make_ranker(dim, Metric::inner_product);
@@ -885,7 +886,8 @@ TEST_CASE("concurrent searches on one index agree with serial ones", "[exact][th
   CHECK(mismatches == 0);
 }
 
-TEST_CASE("an exception from a filter propagates from worker threads", "[exact][threads][concurrency]") {
+TEST_CASE("an exception from a filter propagates from worker threads",
+          "[exact][threads][concurrency]") {
   auto ranker = make_ranker(4, Metric::inner_product, 2);
   add_all(ranker, random_vectors(9000, 4, 40), scattered_ids(9000));
   const funnel::PredicateFilter throwing([](ItemId id) -> bool {

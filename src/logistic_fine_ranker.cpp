@@ -5,10 +5,12 @@
 #include <array>
 #include <cassert>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <numeric>
 #include <optional>
 #include <random>
+#include <string>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
@@ -207,7 +209,7 @@ GlmFit glm_fit(GlmKind kind, MatrixView<const float> x_train, std::span<const fl
 
 namespace {
 
-constexpr std::size_t kFeatures = 13;
+constexpr std::size_t kFeatures = 26;
 constexpr std::size_t kSimMean = 0;
 constexpr std::size_t kSimMax = 1;
 constexpr std::size_t kCategoryShare = 2;
@@ -221,19 +223,66 @@ constexpr std::size_t kSeenItem = 9;
 constexpr std::size_t kPurchasedItem = 10;
 constexpr std::size_t kAge = 11;
 constexpr std::size_t kAgeKnown = 12;
+constexpr std::size_t kItemCtrPrior = 13;  // then cvr, dwell; brand x3; category x3
+constexpr std::size_t kPriorFeatures = 9;
+constexpr std::size_t kPriceVsCategory = 22;
+constexpr std::size_t kRelativePriceGap = 23;
+constexpr std::size_t kRelativePriceOver = 24;
+constexpr std::size_t kBrandPurchased = 25;
 constexpr double kPriceGapSoftening = 0.25;  // keeps a one-price history from exploding gaps
+constexpr double kRateClamp = 1e-6;          // keeps logit finite for rates of 0 or 1
 constexpr std::size_t kObjectives = 3;
 constexpr std::string_view kFormatName = "funnel.logistic_fine_ranker";
-constexpr std::int64_t kFormatVersion = 1;
+constexpr std::int64_t kFormatVersion = 2;
 
 const std::vector<std::string>& feature_name_list() {
-  static const std::vector<std::string> names{
-      "sim_mean",           "sim_max",     "category_share",  "brand_share",
-      "price_gap",          "price_known", "item_popularity", "coarse_score",
-      "log_history_events", "seen_item",   "purchased_item",  "age",
-      "age_known"};
+  static const std::vector<std::string> names{"sim_mean",
+                                              "sim_max",
+                                              "category_share",
+                                              "brand_share",
+                                              "price_gap",
+                                              "price_known",
+                                              "item_popularity",
+                                              "coarse_score",
+                                              "log_history_events",
+                                              "seen_item",
+                                              "purchased_item",
+                                              "age",
+                                              "age_known",
+                                              "item_ctr_prior",
+                                              "item_cvr_prior",
+                                              "item_dwell_prior",
+                                              "brand_ctr_prior",
+                                              "brand_cvr_prior",
+                                              "brand_dwell_prior",
+                                              "category_ctr_prior",
+                                              "category_cvr_prior",
+                                              "category_dwell_prior",
+                                              "price_vs_category",
+                                              "relative_price_gap",
+                                              "relative_price_over",
+                                              "brand_purchased"};
   assert(names.size() == kFeatures);
   return names;
+}
+
+// Column indices of these feature names, ascending; empty = all. Assumes
+// LogisticTrainConfig::validate() accepted the names.
+std::vector<std::size_t> feature_columns(std::span<const std::string> names) {
+  std::vector<std::size_t> columns;
+  const auto& all = feature_name_list();
+  if (names.empty()) {
+    columns.resize(all.size());
+    std::iota(columns.begin(), columns.end(), std::size_t{0});
+    return columns;
+  }
+  for (const std::string& name : names) {
+    const auto it = std::find(all.begin(), all.end(), name);
+    assert(it != all.end());
+    columns.push_back(static_cast<std::size_t>(it - all.begin()));
+  }
+  std::sort(columns.begin(), columns.end());
+  return columns;
 }
 
 const std::vector<std::string>& objective_list() {
@@ -248,22 +297,193 @@ std::string_view link_name(detail::GlmKind kind) {
   return kind == detail::GlmKind::logistic ? "logistic" : "identity";
 }
 
+// What the features need to know about every catalogue row, built once per
+// model: brand and category as dense indices (so that counts are arrays, not
+// string maps) and the item's log price relative to its category's median.
+class CatalogIndex {
+ public:
+  static constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
+
+  explicit CatalogIndex(const Catalog& catalog) {
+    const std::span<const Item> items = catalog.items();
+    std::unordered_map<std::string_view, std::uint32_t> brands;
+    std::unordered_map<std::string_view, std::uint32_t> categories;
+    const auto intern = [](std::unordered_map<std::string_view, std::uint32_t>& ids,
+                           std::string_view name) {
+      if (name.empty()) return kNone;
+      return ids.emplace(name, static_cast<std::uint32_t>(ids.size())).first->second;
+    };
+    brand_.reserve(items.size());
+    category_.reserve(items.size());
+    for (const Item& item : items) {
+      brand_.push_back(intern(brands, item.brand));
+      category_.push_back(intern(categories, item.category));
+    }
+    brands_ = brands.size();
+    categories_ = categories.size();
+
+    // Median log price per category (the mean of the middle two for an even
+    // count), over the items with a positive price.
+    std::vector<std::vector<double>> log_prices(categories_);
+    for (std::size_t r = 0; r < items.size(); ++r) {
+      if (category_[r] != kNone && items[r].price && *items[r].price > 0.0) {
+        log_prices[category_[r]].push_back(std::log(*items[r].price));
+      }
+    }
+    std::vector<double> median(categories_, 0.0);
+    for (std::size_t c = 0; c < categories_; ++c) {
+      std::vector<double>& v = log_prices[c];
+      if (v.empty()) continue;
+      std::sort(v.begin(), v.end());
+      const std::size_t mid = v.size() / 2;
+      median[c] = v.size() % 2 == 1 ? v[mid] : 0.5 * (v[mid - 1] + v[mid]);
+    }
+    price_vs_category_.assign(items.size(), std::numeric_limits<float>::quiet_NaN());
+    for (std::size_t r = 0; r < items.size(); ++r) {
+      if (category_[r] != kNone && items[r].price && *items[r].price > 0.0) {
+        price_vs_category_[r] =
+            static_cast<float>(std::log(*items[r].price) - median[category_[r]]);
+      }
+    }
+  }
+
+  [[nodiscard]] std::uint32_t brand(std::size_t row) const noexcept { return brand_[row]; }
+  [[nodiscard]] std::uint32_t category(std::size_t row) const noexcept { return category_[row]; }
+  [[nodiscard]] std::size_t brands() const noexcept { return brands_; }
+  [[nodiscard]] std::size_t categories() const noexcept { return categories_; }
+  // log(price / median price of the category); NaN without price or category.
+  [[nodiscard]] float price_vs_category(std::size_t row) const noexcept {
+    return price_vs_category_[row];
+  }
+
+ private:
+  std::vector<std::uint32_t> brand_;
+  std::vector<std::uint32_t> category_;
+  std::size_t brands_ = 0;
+  std::size_t categories_ = 0;
+  std::vector<float> price_vs_category_;
+};
+
+// Event counts behind the rate priors of one item, brand or category.
+struct RateCounts {
+  double views = 0.0;
+  double clicks = 0.0;
+  double purchases = 0.0;
+  double dwells = 0.0;         // clicks with dwell_s
+  double log_dwell_sum = 0.0;  // sum of log(1 + dwell_s) over them
+
+  void add(EventType type, std::optional<double> dwell_s) noexcept {
+    if (type == EventType::view) views += 1.0;
+    if (type == EventType::purchase) purchases += 1.0;
+    if (type == EventType::click) {
+      clicks += 1.0;
+      if (dwell_s) {
+        dwells += 1.0;
+        log_dwell_sum += std::log1p(std::max(0.0, *dwell_s));
+      }
+    }
+  }
+  void add(const RateCounts& o) noexcept {
+    views += o.views;
+    clicks += o.clicks;
+    purchases += o.purchases;
+    dwells += o.dwells;
+    log_dwell_sum += o.log_dwell_sum;
+  }
+};
+
+double logit(double p) noexcept {
+  const double q = std::clamp(p, kRateClamp, 1.0 - kRateClamp);
+  return std::log(q / (1.0 - q));
+}
+
+// Smoothed per-item, per-brand and per-category click, conversion and dwell
+// rates (see the header for the formulas). The shrinkage targets are fixed
+// when the priors are created; add() then moves the counts forward in time.
+class RatePriors {
+ public:
+  RatePriors() = default;
+  // `global` gives the shrinkage targets; the counts start at 0.
+  RatePriors(const CatalogIndex& index, std::size_t items, double strength,
+             const RateCounts& global)
+      : strength_(strength), item_(items), brand_(index.brands()), category_(index.categories()) {
+    target_ctr_ = global.views > 0.0 ? global.clicks / global.views : 0.0;
+    target_cvr_ = global.clicks > 0.0 ? global.purchases / global.clicks : 0.0;
+    target_dwell_ = global.dwells > 0.0 ? global.log_dwell_sum / global.dwells : 0.0;
+  }
+
+  template <typename... Args>
+  void add(const CatalogIndex& index, std::size_t row, const Args&... what) noexcept {
+    item_[row].add(what...);
+    if (index.brand(row) != CatalogIndex::kNone) brand_[index.brand(row)].add(what...);
+    if (index.category(row) != CatalogIndex::kNone) category_[index.category(row)].add(what...);
+  }
+
+  // The nine prior features of a catalogue row (item, brand, category; each
+  // ctr logit, cvr logit, mean log dwell); without a brand or category the
+  // targets themselves.
+  void fill(const CatalogIndex& index, std::size_t row, std::span<float> out) const noexcept {
+    assert(out.size() == kPriorFeatures);
+    static const RateCounts kNoCounts;
+    const RateCounts* levels[3] = {
+        &item_[row],
+        index.brand(row) == CatalogIndex::kNone ? &kNoCounts : &brand_[index.brand(row)],
+        index.category(row) == CatalogIndex::kNone ? &kNoCounts : &category_[index.category(row)]};
+    for (std::size_t l = 0; l < 3; ++l) {
+      const RateCounts& c = *levels[l];
+      const double m = strength_;
+      out[3 * l] = static_cast<float>(logit((c.clicks + m * target_ctr_) / (c.views + m)));
+      out[3 * l + 1] = static_cast<float>(logit((c.purchases + m * target_cvr_) / (c.clicks + m)));
+      out[3 * l + 2] = static_cast<float>((c.log_dwell_sum + m * target_dwell_) / (c.dwells + m));
+    }
+  }
+
+  [[nodiscard]] double strength() const noexcept { return strength_; }
+  [[nodiscard]] std::span<const RateCounts> items() const noexcept { return item_; }
+
+ private:
+  double strength_ = 1.0;
+  double target_ctr_ = 0.0;
+  double target_cvr_ = 0.0;
+  double target_dwell_ = 0.0;
+  std::vector<RateCounts> item_;      // per catalogue row
+  std::vector<RateCounts> brand_;     // per CatalogIndex brand
+  std::vector<RateCounts> category_;  // per CatalogIndex category
+};
+
 // What the features of many candidates share about one history: the
 // history items' vectors as one matrix, so that a candidate's similarities
-// to all of them are one vectorised matrix-vector product.
+// to all of them are one vectorised matrix-vector product; the user's
+// weighted mean price relative to category medians; the brands bought.
 class HistoryVectors {
  public:
-  HistoryVectors(const Catalog& catalog, const HistoryProfile& profile)
+  HistoryVectors(const Catalog& catalog, const CatalogIndex& index,
+                 const HistoryProfileConfig& config, const HistoryProfile& profile)
       : dim_(catalog.vector_dim()) {
     const std::span<const HistoryProfile::Match> items = profile.items();
     matrix_.resize(static_cast<Eigen::Index>(items.size()), static_cast<Eigen::Index>(dim_));
     ids_.reserve(items.size());
+    double price_weight = 0.0;
+    double price_sum = 0.0;
     for (std::size_t i = 0; i < items.size(); ++i) {
-      const std::span<const float> v = catalog.vector(items[i].item);
+      const std::size_t row = catalog.index_of(items[i].item);
+      assert(row != Catalog::npos);
+      const std::span<const float> v = catalog.vectors().row(row);
       assert(v.size() == dim_);
       std::copy(v.begin(), v.end(), matrix_.row(static_cast<Eigen::Index>(i)).data());
       ids_.push_back(items[i].item);
+      const float relative = index.price_vs_category(row);
+      const double w = config.type_weight(items[i].type);
+      if (!std::isnan(relative) && w > 0.0) {
+        price_weight += w;
+        price_sum += w * relative;
+      }
+      if (items[i].type == EventType::purchase && index.brand(row) != CatalogIndex::kNone) {
+        brands_bought_.push_back(index.brand(row));
+      }
     }
+    if (price_weight > 0.0) mean_price_vs_category_ = price_sum / price_weight;
+    std::sort(brands_bought_.begin(), brands_bought_.end());
     similarities_.resize(static_cast<Eigen::Index>(items.size()));
     const std::span<const float> mean = profile.mean_vector();
     if (!mean.empty()) mean_.assign(mean.begin(), mean.end());
@@ -292,6 +512,17 @@ class HistoryVectors {
     return best;
   }
 
+  // Weighted (by event type) mean of price_vs_category over the history's
+  // distinct items with a price and a category; nullopt when none.
+  [[nodiscard]] std::optional<double> mean_price_vs_category() const noexcept {
+    return mean_price_vs_category_;
+  }
+
+  [[nodiscard]] bool bought_brand(std::uint32_t brand) const noexcept {
+    return brand != CatalogIndex::kNone &&
+           std::binary_search(brands_bought_.begin(), brands_bought_.end(), brand);
+  }
+
  private:
   using ConstVector = Eigen::Map<const Eigen::VectorXf>;
   std::size_t dim_;
@@ -299,11 +530,15 @@ class HistoryVectors {
   std::vector<ItemId> ids_;
   std::vector<float> mean_;
   Eigen::VectorXf similarities_;  // scratch, one per history item
+  std::optional<double> mean_price_vs_category_;
+  std::vector<std::uint32_t> brands_bought_;  // sorted, may repeat
 };
 
 // The features of one (history, candidate) pair; `coarse` nullopt means
-// "no coarse stage ran": use sim_mean (see the header).
-void compute_features(const Catalog& catalog, const Popularity& popularity,
+// "no coarse stage ran": use sim_mean (see the header). `priors` null leaves
+// the prior features at 0 (training fills them in later, in time order).
+void compute_features(const Catalog& catalog, const CatalogIndex& index,
+                      const Popularity& popularity, const RatePriors* priors,
                       const HistoryProfile& profile, HistoryVectors& history,
                       std::optional<int> age, std::size_t row, std::optional<float> coarse,
                       std::span<float> out) {
@@ -332,6 +567,24 @@ void compute_features(const Catalog& catalog, const Popularity& popularity,
   out[kPurchasedItem] = own && own->type == EventType::purchase ? 1.0F : 0.0F;
   out[kAge] = age ? static_cast<float>(*age) / 100.0F : 0.0F;
   out[kAgeKnown] = age ? 1.0F : 0.0F;
+  const std::span<float> prior_out = out.subspan(kItemCtrPrior, kPriorFeatures);
+  if (priors != nullptr) {
+    priors->fill(index, row, prior_out);
+  } else {
+    std::fill(prior_out.begin(), prior_out.end(), 0.0F);
+  }
+  const float relative = index.price_vs_category(row);
+  const std::optional<double> user_relative = history.mean_price_vs_category();
+  out[kPriceVsCategory] = std::isnan(relative) ? 0.0F : relative;
+  if (!std::isnan(relative) && user_relative) {
+    const double gap = static_cast<double>(relative) - *user_relative;
+    out[kRelativePriceGap] = static_cast<float>(gap);
+    out[kRelativePriceOver] = static_cast<float>(std::max(0.0, gap));
+  } else {
+    out[kRelativePriceGap] = 0.0F;
+    out[kRelativePriceOver] = 0.0F;
+  }
+  out[kBrandPurchased] = history.bought_brand(index.brand(row)) ? 1.0F : 0.0F;
 }
 
 // One objective's model, with the standardisation folded into raw-feature
@@ -343,6 +596,9 @@ struct ObjectiveModel {
   double bias = 0.0;
   std::vector<double> weights;  // standardised feature space
   std::vector<double> folded;   // raw feature space, folded[0] = bias
+  // The features the model uses, ascending; the others keep mean 0, std 1
+  // and weight 0, so every vector above spans all kFeatures columns.
+  std::vector<std::size_t> columns;
   void fold() {
     folded.assign(kFeatures + 1, 0.0);
     folded[0] = bias;
@@ -366,6 +622,8 @@ struct LogisticFineRanker::Impl {
   std::size_t vector_dim = 0;  // of the catalogue vectors the model was trained with
   HistoryProfileConfig history;
   Popularity popularity;
+  std::optional<CatalogIndex> index;  // of `catalog`
+  RatePriors priors;                  // frozen at the end of the training period
   std::array<ObjectiveModel, kObjectives> models;
 
   [[nodiscard]] const ObjectiveModel& model(std::string_view objective) const {
@@ -382,6 +640,11 @@ LogisticFineRanker::LogisticFineRanker(std::unique_ptr<Impl> impl) : impl_(std::
 LogisticFineRanker::~LogisticFineRanker() = default;
 
 std::span<const std::string> LogisticFineRanker::feature_names() { return feature_name_list(); }
+
+std::vector<std::string> logistic_base_features() {
+  const auto& all = feature_name_list();
+  return {all.begin(), all.begin() + static_cast<std::ptrdiff_t>(kItemCtrPrior)};
+}
 
 std::span<const std::string> LogisticFineRanker::objectives() const { return objective_list(); }
 
@@ -406,13 +669,13 @@ void LogisticFineRanker::features(const UserContext& user, std::span<const Candi
                   ", expected ", candidates.size(), " x ", kFeatures);
   const Catalog& catalog = *impl_->catalog;
   const HistoryProfile profile(catalog, user, impl_->history);
-  HistoryVectors history(catalog, profile);
+  HistoryVectors history(catalog, *impl_->index, impl_->history, profile);
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const std::size_t row = catalog.index_of(candidates[i].id);
     detail::require(row != Catalog::npos, "LogisticFineRanker: candidate ", i, " has item id ",
                     candidates[i].id, ", which is not in the catalogue");
-    compute_features(catalog, impl_->popularity, profile, history, user.profile.age, row,
-                     candidates[i].coarse_score, features.row(i));
+    compute_features(catalog, *impl_->index, impl_->popularity, &impl_->priors, profile, history,
+                     user.profile.age, row, candidates[i].coarse_score, features.row(i));
   }
 }
 
@@ -423,14 +686,14 @@ void LogisticFineRanker::score(const UserContext& user, std::span<const Candidat
                   ", expected ", candidates.size(), " x ", kObjectives);
   const Catalog& catalog = *impl_->catalog;
   const HistoryProfile profile(catalog, user, impl_->history);
-  HistoryVectors history(catalog, profile);
+  HistoryVectors history(catalog, *impl_->index, impl_->history, profile);
   std::array<float, kFeatures> x{};
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const std::size_t row = catalog.index_of(candidates[i].id);
     detail::require(row != Catalog::npos, "LogisticFineRanker: candidate ", i, " has item id ",
                     candidates[i].id, ", which is not in the catalogue");
-    compute_features(catalog, impl_->popularity, profile, history, user.profile.age, row,
-                     candidates[i].coarse_score, x);
+    compute_features(catalog, *impl_->index, impl_->popularity, &impl_->priors, profile, history,
+                     user.profile.age, row, candidates[i].coarse_score, x);
     for (std::size_t k = 0; k < kObjectives; ++k) scores(i, k) = impl_->models[k].output(x);
   }
 }
@@ -450,6 +713,22 @@ void LogisticTrainConfig::validate() const {
                   "LogisticTrainConfig.validation_fraction must be in (0, 1), got ",
                   validation_fraction);
   detail::require(patience > 0, "LogisticTrainConfig.patience must be > 0");
+  const auto& all = feature_name_list();
+  for (std::size_t k = 0; k < kObjectives; ++k) {
+    const std::vector<std::string>& names = objective_features[k];
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      detail::require(std::find(all.begin(), all.end(), names[i]) != all.end(),
+                      "LogisticTrainConfig.objective_features[", k, "] (", objective_list()[k],
+                      "): unknown feature '", names[i], "'");
+      detail::require(std::find(names.begin(), names.begin() + static_cast<std::ptrdiff_t>(i),
+                                names[i]) == names.begin() + static_cast<std::ptrdiff_t>(i),
+                      "LogisticTrainConfig.objective_features[", k, "] (", objective_list()[k],
+                      "): feature '", names[i], "' repeats");
+    }
+  }
+  detail::require(std::isfinite(prior_strength) && prior_strength > 0.0,
+                  "LogisticTrainConfig.prior_strength must be finite and > 0, got ",
+                  prior_strength);
   detail::require(attribution_window_s > 0,
                   "LogisticTrainConfig.attribution_window_s must be > 0, got ",
                   attribution_window_s);
@@ -464,6 +743,7 @@ struct ExampleSet {
   std::vector<float> y;
   std::vector<std::int64_t> ts;
   std::vector<ItemId> item;
+  std::vector<std::size_t> row;  // catalogue row of item
   [[nodiscard]] std::size_t size() const noexcept { return y.size(); }
 };
 
@@ -474,6 +754,57 @@ using ItemTimes = std::vector<std::pair<ItemId, std::int64_t>>;
 bool happens(const ItemTimes& times, ItemId item, std::int64_t after, std::int64_t until) {
   const auto it = std::upper_bound(times.begin(), times.end(), std::make_pair(item, after));
   return it != times.end() && it->first == item && it->second <= until;
+}
+
+// Fills the prior features of every example from the events strictly before
+// it (examples at or after `until`: from the events before `until`), in one
+// sweep over all users' events in time order, and leaves `frozen` with the
+// counts before `until`: what score() uses. The shrinkage targets are the
+// global rates before `until` throughout, so that a feature means the same
+// at training and at serving time.
+void fill_rate_priors(const Catalog& catalog, const CatalogIndex& index, double strength,
+                      std::span<const std::vector<HistoryEvent>> timelines, std::int64_t until,
+                      std::array<ExampleSet, kObjectives>& sets, RatePriors& frozen) {
+  std::vector<const HistoryEvent*> counted;
+  std::vector<RateCounts> item_totals(catalog.size());
+  for (const std::vector<HistoryEvent>& timeline : timelines) {
+    for (const HistoryEvent& event : timeline) {
+      if (event.ts >= until) continue;
+      counted.push_back(&event);
+      // Timelines hold catalogue items only (see train()).
+      item_totals[catalog.index_of(event.item)].add(event.type, event.dwell_s);
+    }
+  }
+  // Summed in catalogue row order, the order save() writes and load() sums
+  // them in, so that a loaded model has bit-identical targets.
+  RateCounts global;
+  for (const RateCounts& c : item_totals) global.add(c);
+
+  // Same-ts ties keep user-then-timeline order: deterministic, and no
+  // example sees an event of its own timestamp anyway.
+  std::stable_sort(counted.begin(), counted.end(),
+                   [](const HistoryEvent* a, const HistoryEvent* b) { return a->ts < b->ts; });
+  std::vector<std::pair<std::int64_t, std::pair<std::size_t, std::size_t>>> examples;
+  for (std::size_t k = 0; k < kObjectives; ++k) {
+    for (std::size_t i = 0; i < sets[k].size(); ++i) examples.push_back({sets[k].ts[i], {k, i}});
+  }
+  std::stable_sort(examples.begin(), examples.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  RatePriors running(index, catalog.size(), strength, global);
+  std::size_t next = 0;
+  for (const auto& [ts, which] : examples) {
+    for (; next < counted.size() && counted[next]->ts < ts; ++next) {
+      const HistoryEvent& event = *counted[next];
+      running.add(index, catalog.index_of(event.item), event.type, event.dwell_s);
+    }
+    ExampleSet& set = sets[which.first];
+    running.fill(
+        index, set.row[which.second],
+        std::span<float>(set.x).subspan(which.second * kFeatures + kItemCtrPrior, kPriorFeatures));
+  }
+  // The served priors: built from the per-item totals exactly as load() does.
+  frozen = RatePriors(index, catalog.size(), strength, global);
+  for (std::size_t r = 0; r < item_totals.size(); ++r) frozen.add(index, r, item_totals[r]);
 }
 
 }  // namespace
@@ -510,10 +841,13 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::train(
     timelines[it->second].push_back({event.item, event.type, event.ts, event.dwell_s});
   }
 
+  auto impl = std::make_unique<Impl>();
+  impl->index.emplace(*catalog);
+  const CatalogIndex& index = *impl->index;
   std::array<ExampleSet, kObjectives> sets;
   std::array<float, kFeatures> x{};
   const std::int64_t window = config.attribution_window_s;
-  // Popularity is filled in below, once the split is known.
+  // Popularity and the rate priors are filled in below, once the split is known.
   const Popularity no_popularity;
   for (std::size_t u = 0; u < timelines.size(); ++u) {
     std::vector<HistoryEvent>& timeline = timelines[u];
@@ -546,16 +880,18 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::train(
         profile.emplace(*catalog,
                         std::span<const HistoryEvent>(timeline).subspan(begin, prefix_end - begin),
                         event.ts, config.history);
-        history.emplace(*catalog, *profile);
+        history.emplace(*catalog, index, config.history, *profile);
         profile_end = prefix_end;
       }
-      compute_features(*catalog, no_popularity, *profile, *history, age,
-                       catalog->index_of(event.item), std::nullopt, x);
+      const std::size_t row = catalog->index_of(event.item);
+      compute_features(*catalog, index, no_popularity, nullptr, *profile, *history, age, row,
+                       std::nullopt, x);
       const auto add = [&](ExampleSet& set, float label) {
         set.x.insert(set.x.end(), x.begin(), x.end());
         set.y.push_back(label);
         set.ts.push_back(event.ts);
         set.item.push_back(event.item);
+        set.row.push_back(row);
       };
       if (event.type == EventType::view) {
         add(sets[0], happens(clicks, event.item, event.ts, event.ts + window) ? 1.0F : 0.0F);
@@ -597,7 +933,6 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::train(
     popularity_until = std::min(popularity_until, set.ts[order[k][n - validation_size[k]]]);
   }
 
-  auto impl = std::make_unique<Impl>();
   impl->catalog = std::move(catalog);
   impl->vector_dim = impl->catalog->vector_dim();
   impl->history = config.history;
@@ -608,6 +943,8 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::train(
           static_cast<float>(impl->popularity.item_score(set.item[i]));
     }
   }
+  fill_rate_priors(*impl->catalog, index, config.prior_strength, timelines, popularity_until, sets,
+                   impl->priors);
 
   if (report != nullptr) report->clear();
   for (std::size_t k = 0; k < kObjectives; ++k) {
@@ -619,6 +956,8 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::train(
     // Standardise with training statistics only.
     ObjectiveModel& model = impl->models[k];
     model.kind = kObjectiveKinds[k];
+    model.columns = feature_columns(config.objective_features[k]);
+    const std::size_t d = model.columns.size();
     model.mean.assign(kFeatures, 0.0);
     model.stddev.assign(kFeatures, 0.0);
     for (std::size_t i = 0; i < n_train; ++i) {
@@ -629,8 +968,8 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::train(
     for (std::size_t i = 0; i < n_train; ++i) {
       const float* row = &set.x[order[k][i] * kFeatures];
       for (std::size_t j = 0; j < kFeatures; ++j) {
-        const double d = row[j] - model.mean[j];
-        model.stddev[j] += d * d;
+        const double diff = row[j] - model.mean[j];
+        model.stddev[j] += diff * diff;
       }
     }
     for (double& s : model.stddev) {
@@ -638,8 +977,8 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::train(
       if (!(s > 1e-12) || !std::isfinite(s)) s = 1.0;  // constant feature: leave it at 0
     }
 
-    Matrix<float> x_train(n_train, kFeatures);
-    Matrix<float> x_validation(n_validation, kFeatures);
+    Matrix<float> x_train(n_train, d);
+    Matrix<float> x_validation(n_validation, d);
     std::vector<float> y_train(n_train);
     std::vector<float> y_validation(n_validation);
     double positives = 0.0;
@@ -647,8 +986,9 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::train(
       const std::size_t e = order[k][i];
       const bool train_row = i < n_train;
       const std::span<float> dst = train_row ? x_train.row(i) : x_validation.row(i - n_train);
-      for (std::size_t j = 0; j < kFeatures; ++j) {
-        dst[j] = static_cast<float>((set.x[e * kFeatures + j] - model.mean[j]) / model.stddev[j]);
+      for (std::size_t c = 0; c < d; ++c) {
+        const std::size_t j = model.columns[c];
+        dst[c] = static_cast<float>((set.x[e * kFeatures + j] - model.mean[j]) / model.stddev[j]);
       }
       (train_row ? y_train[i] : y_validation[i - n_train]) = set.y[e];
       if (set.y[e] > 0.5F) positives += 1.0;
@@ -672,7 +1012,14 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::train(
     const detail::GlmFit fit = detail::glm_fit(model.kind, x_train.view(), y_train,
                                                x_validation.view(), y_validation, fit_config);
     model.bias = fit.params[0];
-    model.weights.assign(fit.params.begin() + 1, fit.params.end());
+    model.weights.assign(kFeatures, 0.0);
+    for (std::size_t c = 0; c < d; ++c) model.weights[model.columns[c]] = fit.params[c + 1];
+    for (std::size_t j = 0; j < kFeatures; ++j) {
+      if (!std::binary_search(model.columns.begin(), model.columns.end(), j)) {
+        model.mean[j] = 0.0;
+        model.stddev[j] = 1.0;
+      }
+    }
     model.fold();
 
     if (report != nullptr) {
@@ -782,12 +1129,23 @@ void LogisticFineRanker::save(const std::filesystem::path& path) const {
   json objectives = json::array();
   for (std::size_t k = 0; k < kObjectives; ++k) {
     const ObjectiveModel& model = impl_->models[k];
+    json names = json::array();
+    json mean = json::array();
+    json stddev = json::array();
+    json weights = json::array();
+    for (const std::size_t j : model.columns) {
+      names.push_back(feature_name_list()[j]);
+      mean.push_back(model.mean[j]);
+      stddev.push_back(model.stddev[j]);
+      weights.push_back(model.weights[j]);
+    }
     objectives.push_back({{"name", objective_list()[k]},
                           {"link", link_name(model.kind)},
-                          {"mean", model.mean},
-                          {"std", model.stddev},
+                          {"features", std::move(names)},
+                          {"mean", std::move(mean)},
+                          {"std", std::move(stddev)},
                           {"bias", model.bias},
-                          {"weights", model.weights}});
+                          {"weights", std::move(weights)}});
   }
   document["objectives"] = std::move(objectives);
   json items = json::array();
@@ -797,6 +1155,21 @@ void LogisticFineRanker::save(const std::filesystem::path& path) const {
     counts.push_back(count);
   }
   document["popularity"] = {{"items", std::move(items)}, {"counts", std::move(counts)}};
+  json rates = {{"items", json::array()},  {"views", json::array()},
+                {"clicks", json::array()}, {"purchases", json::array()},
+                {"dwells", json::array()}, {"log_dwell_sum", json::array()}};
+  const std::span<const RateCounts> item_rates = impl_->priors.items();
+  for (std::size_t r = 0; r < item_rates.size(); ++r) {
+    const RateCounts& c = item_rates[r];
+    if (c.views == 0.0 && c.clicks == 0.0 && c.purchases == 0.0 && c.dwells == 0.0) continue;
+    rates["items"].push_back(impl_->catalog->items()[r].id);
+    rates["views"].push_back(c.views);
+    rates["clicks"].push_back(c.clicks);
+    rates["purchases"].push_back(c.purchases);
+    rates["dwells"].push_back(c.dwells);
+    rates["log_dwell_sum"].push_back(c.log_dwell_sum);
+  }
+  document["rate_priors"] = {{"strength", impl_->priors.strength()}, {"counts", std::move(rates)}};
   document["checksum"] = document_checksum(document);
   detail::write_file_atomic(path, document.dump(1) + "\n");
 }
@@ -821,6 +1194,11 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::load(
     read.fail("format", detail::cat("expected '", kFormatName, "', got '", format, "'"));
   }
   const std::int64_t version = read.integer(read.member(document, "", "version"), "version");
+  if (version == 1) {
+    read.fail("version",
+              "version 1 models predate the rate-prior and relative-price features of version "
+              "2; retrain the model");
+  }
   if (version != kFormatVersion) {
     read.fail("version",
               detail::cat("unsupported version ", version, ", expected ", kFormatVersion));
@@ -881,16 +1259,39 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::load(
       read.fail(where + ".link",
                 detail::cat("expected '", link_name(model.kind), "', got '", link, "'"));
     }
-    model.mean = read.numbers(read.member(entry, where, "mean"), where + ".mean", kFeatures);
-    model.stddev = read.numbers(read.member(entry, where, "std"), where + ".std", kFeatures);
-    for (std::size_t j = 0; j < kFeatures; ++j) {
-      if (!(model.stddev[j] > 0.0)) {
-        read.fail(detail::cat(where, ".std[", j, "]"), "must be > 0");
+    // The model's features: known names, in feature_names() order, no repeats.
+    const json& used =
+        read.array(read.member(entry, where, "features"), where + ".features", Catalog::npos);
+    if (used.empty()) read.fail(where + ".features", "is empty");
+    for (std::size_t c = 0; c < used.size(); ++c) {
+      const std::string field = detail::cat(where, ".features[", c, "]");
+      const std::string feature = read.string(used[c], field);
+      const auto& all = feature_name_list();
+      const auto it = std::find(all.begin(), all.end(), feature);
+      if (it == all.end()) read.fail(field, detail::cat("unknown feature '", feature, "'"));
+      const auto j = static_cast<std::size_t>(it - all.begin());
+      if (!model.columns.empty() && j <= model.columns.back()) {
+        read.fail(field, detail::cat("'", feature, "' repeats or is out of feature order"));
       }
+      model.columns.push_back(j);
     }
+    const std::size_t d = model.columns.size();
+    const std::vector<double> mean =
+        read.numbers(read.member(entry, where, "mean"), where + ".mean", d);
+    const std::vector<double> stddev =
+        read.numbers(read.member(entry, where, "std"), where + ".std", d);
     model.bias = read.number(read.member(entry, where, "bias"), where + ".bias");
-    model.weights =
-        read.numbers(read.member(entry, where, "weights"), where + ".weights", kFeatures);
+    const std::vector<double> weights =
+        read.numbers(read.member(entry, where, "weights"), where + ".weights", d);
+    model.mean.assign(kFeatures, 0.0);
+    model.stddev.assign(kFeatures, 1.0);
+    model.weights.assign(kFeatures, 0.0);
+    for (std::size_t c = 0; c < d; ++c) {
+      if (!(stddev[c] > 0.0)) read.fail(detail::cat(where, ".std[", c, "]"), "must be > 0");
+      model.mean[model.columns[c]] = mean[c];
+      model.stddev[model.columns[c]] = stddev[c];
+      model.weights[model.columns[c]] = weights[c];
+    }
     model.fold();
   }
 
@@ -910,6 +1311,52 @@ std::unique_ptr<LogisticFineRanker> LogisticFineRanker::load(
     impl->popularity = Popularity::from_item_counts(item_counts);
   } catch (const Error& e) {
     read.fail("popularity", e.what());
+  }
+
+  // Rate priors: per-item counts; brand and category counts are their sums
+  // over this catalogue. Items the catalogue lacks still count towards the
+  // global rates, so the shrinkage targets are the trained ones.
+  impl->index.emplace(*impl->catalog);
+  const json& rate_priors = read.member(document, "", "rate_priors");
+  if (!rate_priors.is_object()) read.fail("rate_priors", "expected an object");
+  const double strength =
+      read.number(read.member(rate_priors, "rate_priors", "strength"), "rate_priors.strength");
+  if (!(strength > 0.0)) read.fail("rate_priors.strength", "must be > 0");
+  const json& rate_counts = read.member(rate_priors, "rate_priors", "counts");
+  if (!rate_counts.is_object()) read.fail("rate_priors.counts", "expected an object");
+  const json& rate_items = read.array(read.member(rate_counts, "rate_priors.counts", "items"),
+                                      "rate_priors.counts.items", Catalog::npos);
+  const auto column = [&](const char* name) {
+    const std::string field = ModelReader::join("rate_priors.counts", name);
+    std::vector<double> values = read.numbers(read.member(rate_counts, "rate_priors.counts", name),
+                                              field, rate_items.size());
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      if (values[i] < 0.0) read.fail(detail::cat(field, "[", i, "]"), "must be >= 0");
+    }
+    return values;
+  };
+  const std::vector<double> views = column("views");
+  const std::vector<double> clicks = column("clicks");
+  const std::vector<double> purchases = column("purchases");
+  const std::vector<double> dwells = column("dwells");
+  const std::vector<double> log_dwell_sum = column("log_dwell_sum");
+  std::vector<std::pair<std::size_t, RateCounts>> rows;
+  rows.reserve(rate_items.size());
+  RateCounts global;
+  std::unordered_map<ItemId, std::size_t> seen;
+  for (std::size_t i = 0; i < rate_items.size(); ++i) {
+    const std::string field = detail::cat("rate_priors.counts.items[", i, "]");
+    const ItemId id = read.integer(rate_items[i], field);
+    if (const auto [it, inserted] = seen.emplace(id, i); !inserted) {
+      read.fail(field, detail::cat("item ", id, " repeats items[", it->second, "]"));
+    }
+    const RateCounts c{views[i], clicks[i], purchases[i], dwells[i], log_dwell_sum[i]};
+    global.add(c);
+    rows.emplace_back(impl->catalog->index_of(id), c);
+  }
+  impl->priors = RatePriors(*impl->index, impl->catalog->size(), strength, global);
+  for (const auto& [row, c] : rows) {
+    if (row != Catalog::npos) impl->priors.add(*impl->index, row, c);
   }
 
   const std::string checksum = read.string(read.member(document, "", "checksum"), "checksum");

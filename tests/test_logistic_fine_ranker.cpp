@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -438,8 +439,10 @@ TEST_CASE("save and load round trip; damaged files are rejected", "[logistic]") 
 
   expect_format_error(text.substr(0, text.size() / 2), "malformed JSON");
   auto doc = original;
-  doc["version"] = 2;
-  expect_format_error(doc.dump(), "version");
+  doc["version"] = 3;
+  expect_format_error(doc.dump(), "unsupported version 3");
+  doc["version"] = 1;
+  expect_format_error(doc.dump(), "retrain");
   doc = original;
   doc["format"] = "something.else";
   expect_format_error(doc.dump(), "format");
@@ -460,6 +463,30 @@ TEST_CASE("save and load round trip; damaged files are rejected", "[logistic]") 
   doc = original;
   doc["popularity"]["counts"].erase(0);
   expect_format_error(doc.dump(), "popularity.counts");
+  doc = original;
+  doc["objectives"][0]["features"][1] = "no_such_feature";
+  expect_format_error(doc.dump(), "objectives[0].features[1]");
+  doc = original;
+  std::swap(doc["objectives"][2]["features"][0], doc["objectives"][2]["features"][1]);
+  expect_format_error(doc.dump(), "out of feature order");
+  doc = original;
+  doc["objectives"][2]["features"].erase(0);
+  expect_format_error(doc.dump(), "objectives[2].mean");
+  doc = original;
+  doc["rate_priors"]["counts"]["views"][0] = -1.0;
+  expect_format_error(doc.dump(), "rate_priors.counts.views[0]");
+  doc = original;
+  doc["rate_priors"]["counts"]["dwells"].erase(0);
+  expect_format_error(doc.dump(), "rate_priors.counts.dwells");
+  doc = original;
+  doc["rate_priors"]["counts"]["items"][1] = doc["rate_priors"]["counts"]["items"][0];
+  expect_format_error(doc.dump(), "repeats");
+  doc = original;
+  doc["rate_priors"]["strength"] = 0.0;
+  expect_format_error(doc.dump(), "rate_priors.strength");
+  doc = original;
+  doc.erase("rate_priors");
+  expect_format_error(doc.dump(), "rate_priors");
   doc = original;
   doc["history"].erase("half_life_s");
   expect_format_error(doc.dump(), "history.half_life_s");
@@ -484,6 +511,209 @@ TEST_CASE("save and load round trip; damaged files are rejected", "[logistic]") 
   expect_format_error(doc.dump(), "vector_dim");
   std::filesystem::remove(damaged);
   std::filesystem::remove(path);
+}
+
+TEST_CASE("rate priors, relative price and brand purchase features by hand", "[logistic]") {
+  // Catalogue: category c1 holds A (brand b1, 100), B (b1, 400), C (b2, 25),
+  // so its median price is 100; D is alone in c2 (b3, 10); E has no
+  // category, brand or price.
+  auto catalog = std::make_shared<Catalog>();
+  const auto add_item = [&](funnel::ItemId id, const char* category, const char* brand,
+                            std::optional<double> price) {
+    funnel::Item item;
+    item.id = id;
+    item.title = "item " + std::to_string(id);
+    item.category = category;
+    item.brand = brand;
+    item.price = price;
+    catalog->add(item);
+  };
+  add_item(1, "c1", "b1", 100.0);
+  add_item(2, "c1", "b1", 400.0);
+  add_item(3, "c1", "b2", 25.0);
+  add_item(4, "c2", "b3", 10.0);
+  add_item(5, "", "", std::nullopt);
+  std::vector<float> vectors;
+  for (std::size_t r = 0; r < catalog->size(); ++r) {
+    vectors.push_back(r % 2 == 0 ? 1.0F : 0.0F);
+    vectors.push_back(r % 2 == 0 ? 0.0F : 1.0F);
+  }
+  catalog->set_vectors(funnel::Matrix<float>(catalog->size(), 2, std::move(vectors)));
+
+  // Training period: A 10 views, 2 clicks (dwell 9 s and 99 s), 1 purchase;
+  // B 20 views, 1 click (dwell 0 s); C 10 views; D 10 views. Then, far
+  // later, one view and one click of C: the latest example of every
+  // objective, i.e. each objective's whole validation split (see below),
+  // so the priors count exactly the training period.
+  std::vector<Event> events;
+  std::int64_t ts = kStart;
+  const auto views = [&](funnel::ItemId item, int n, int first_user) {
+    for (int i = 0; i < n; ++i) {
+      events.push_back(
+          {"u" + std::to_string(first_user + i), item, EventType::view, std::nullopt, ts});
+      ts += 100;
+    }
+  };
+  views(1, 10, 0);
+  views(2, 20, 0);
+  views(3, 10, 0);
+  views(4, 10, 0);
+  events.push_back({"u0", 1, EventType::click, 9.0, kStart + 5});
+  events.push_back({"u0", 1, EventType::purchase, std::nullopt, kStart + 50});
+  events.push_back({"u1", 1, EventType::click, 99.0, kStart + 105});
+  events.push_back({"u0", 2, EventType::click, 0.0, kStart + 1005});
+  const std::int64_t later = kStart + 1'000'000;
+  events.push_back({"u30", 3, EventType::view, std::nullopt, later});
+  events.push_back({"u30", 3, EventType::click, 20.0, later + 5});
+
+  LogisticTrainConfig config = test_config();
+  REQUIRE(config.prior_strength == 20.0);
+  // 1 of the 51 ctr examples (and, rounded up to the minimum of 1, of the 4
+  // cvr and dwell examples) is held out.
+  config.validation_fraction = 0.02;
+  std::vector<funnel::ObjectiveTrainReport> report;
+  const auto ranker = LogisticFineRanker::train(catalog, events, {}, config, &report);
+  REQUIRE(report.size() == 3);
+  for (const auto& r : report) CHECK(r.validation_examples == 1);
+
+  // The user bought A, clicked B and viewed C.
+  UserContext user;
+  user.history = {{1, EventType::view, later + 10, std::nullopt},
+                  {1, EventType::click, later + 15, 30.0},
+                  {1, EventType::purchase, later + 40, std::nullopt},
+                  {2, EventType::view, later + 100, std::nullopt},
+                  {2, EventType::click, later + 105, 12.0},
+                  {3, EventType::view, later + 200, std::nullopt}};
+  user.now_ts = later + 1000;
+  const std::vector<Candidate> candidates{{1, 0.0F}, {2, 0.0F}, {3, 0.0F}, {4, 0.0F}, {5, 0.0F}};
+  const auto names = LogisticFineRanker::feature_names();
+  const auto column = [&](const char* name) {
+    const auto it = std::find(names.begin(), names.end(), name);
+    REQUIRE(it != names.end());
+    return static_cast<std::size_t>(it - names.begin());
+  };
+
+  // Counts: global 50 views, 3 clicks, 1 purchase, 3 dwells summing
+  // log(10) + log(100) + log(1) = log(1000). m = 20.
+  const double m = 20.0;
+  const double g_ctr = 3.0 / 50.0;
+  const double g_cvr = 1.0 / 3.0;
+  const double g_dwell = std::log(1000.0) / 3.0;
+  const auto logit = [](double p) { return std::log(p / (1.0 - p)); };
+  struct Expected {
+    double ctr, cvr, dwell;
+  };
+  const auto smoothed = [&](double v, double c, double p, double d, double dwell_sum) {
+    return Expected{logit((c + m * g_ctr) / (v + m)), logit((p + m * g_cvr) / (c + m)),
+                    (dwell_sum + m * g_dwell) / (d + m)};
+  };
+  const Expected none = smoothed(0, 0, 0, 0, 0);  // no counts: the global rates
+  CHECK(none.ctr == Approx(logit(g_ctr)));
+  // Item A: (2 + 20 * 0.06) / (10 + 20) = 3.2 / 30 click rate.
+  CHECK(smoothed(10, 2, 1, 2, std::log(1000.0)).ctr == Approx(logit(3.2 / 30.0)));
+  const Expected item[5] = {smoothed(10, 2, 1, 2, std::log(1000.0)), smoothed(20, 1, 0, 1, 0.0),
+                            smoothed(10, 0, 0, 0, 0.0), smoothed(10, 0, 0, 0, 0.0), none};
+  const Expected b1 = smoothed(30, 3, 1, 3, std::log(1000.0));
+  const Expected c1 = smoothed(40, 3, 1, 3, std::log(1000.0));
+  const Expected brand[5] = {b1, b1, item[2], item[3], none};
+  const Expected category[5] = {c1, c1, c1, item[3], none};
+  const double relative[5] = {0.0, std::log(4.0), std::log(0.25), 0.0, 0.0};
+  // Strongest events, weighted 3 (purchase), 1 (click), 0.25 (view).
+  const double user_relative = (3.0 * 0.0 + 1.0 * std::log(4.0) + 0.25 * std::log(0.25)) / 4.25;
+  const double gap[5] = {-user_relative, std::log(4.0) - user_relative,
+                         std::log(0.25) - user_relative, -user_relative, 0.0};
+  const float bought[5] = {1.0F, 1.0F, 0.0F, 0.0F, 0.0F};
+
+  const auto check = [&](const LogisticFineRanker& model) {
+    funnel::Matrix<float> x(candidates.size(), names.size());
+    model.features(user, candidates, x.view());
+    for (std::size_t i = 0; i < candidates.size(); ++i) {
+      INFO("candidate " << candidates[i].id);
+      CHECK(x(i, column("item_ctr_prior")) == Approx(item[i].ctr).epsilon(1e-5));
+      CHECK(x(i, column("item_cvr_prior")) == Approx(item[i].cvr).epsilon(1e-5));
+      CHECK(x(i, column("item_dwell_prior")) == Approx(item[i].dwell).epsilon(1e-5));
+      CHECK(x(i, column("brand_ctr_prior")) == Approx(brand[i].ctr).epsilon(1e-5));
+      CHECK(x(i, column("brand_cvr_prior")) == Approx(brand[i].cvr).epsilon(1e-5));
+      CHECK(x(i, column("brand_dwell_prior")) == Approx(brand[i].dwell).epsilon(1e-5));
+      CHECK(x(i, column("category_ctr_prior")) == Approx(category[i].ctr).epsilon(1e-5));
+      CHECK(x(i, column("category_cvr_prior")) == Approx(category[i].cvr).epsilon(1e-5));
+      CHECK(x(i, column("category_dwell_prior")) == Approx(category[i].dwell).epsilon(1e-5));
+      CHECK(x(i, column("price_vs_category")) == Approx(relative[i]).margin(1e-6));
+      CHECK(x(i, column("relative_price_gap")) == Approx(gap[i]).margin(1e-6));
+      CHECK(x(i, column("relative_price_over")) == Approx(std::max(0.0, gap[i])).margin(1e-6));
+      CHECK(x(i, column("brand_purchased")) == bought[i]);
+    }
+  };
+  check(*ranker);
+
+  // The counts travel with the model file.
+  const auto path = temp_file("priors.json");
+  ranker->save(path);
+  check(*LogisticFineRanker::load(path, catalog));
+  std::filesystem::remove(path);
+
+  auto bad = config;
+  bad.prior_strength = 0.0;
+  CHECK_THROWS_WITH(LogisticFineRanker::train(catalog, events, {}, bad),
+                    Contains("prior_strength"));
+}
+
+TEST_CASE("each objective uses the features its config names", "[logistic]") {
+  const auto names = LogisticFineRanker::feature_names();
+  const std::vector<std::string> base = funnel::logistic_base_features();
+  REQUIRE(base.size() == 13);
+  CHECK(std::equal(base.begin(), base.end(), names.begin()));
+
+  // Defaults: ctr and cvr use the base features, dwell all of them.
+  const Trained& t = trained();
+  for (const char* objective : {"ctr", "cvr"}) {
+    const auto w = t.ranker->weights(objective);
+    for (std::size_t j = base.size(); j < names.size(); ++j) {
+      INFO(objective << " " << names[j]);
+      CHECK(w[j] == 0.0);
+    }
+  }
+  const auto dwell = t.ranker->weights("dwell");
+  CHECK(std::any_of(dwell.begin() + static_cast<std::ptrdiff_t>(base.size()), dwell.end(),
+                    [](double w) { return w != 0.0; }));
+
+  // Every feature for every objective; the choice survives a round trip.
+  const World world = simulate(40, 25, 11);
+  auto config = test_config();
+  config.objective_features = {std::vector<std::string>{}, {"item_ctr_prior", "sim_mean"}, {}};
+  const auto ranker = LogisticFineRanker::train(world.catalog, world.events, world.users, config);
+  const auto ctr = ranker->weights("ctr");
+  CHECK(std::count(ctr.begin(), ctr.end(), 0.0) < 3);
+  const auto cvr = ranker->weights("cvr");
+  for (std::size_t j = 0; j < names.size(); ++j) {
+    INFO(names[j]);
+    CHECK((cvr[j] != 0.0) == (names[j] == "item_ctr_prior" || names[j] == "sim_mean"));
+  }
+  const auto path = temp_file("subset.json");
+  ranker->save(path);
+  const auto loaded = LogisticFineRanker::load(path, world.catalog);
+  const UserContext user = context_for(world, 3, kStart + 1'000'000);
+  std::vector<Candidate> candidates;
+  for (const funnel::ItemId id : world.catalog->ids()) candidates.push_back({id, 0.3F});
+  std::vector<float> a(candidates.size() * 3);
+  std::vector<float> b(candidates.size() * 3);
+  ranker->score(user, candidates, MatrixView<float>(a.data(), candidates.size(), 3));
+  loaded->score(user, candidates, MatrixView<float>(b.data(), candidates.size(), 3));
+  CHECK(a == b);
+  for (const char* objective : {"ctr", "cvr", "dwell"}) {
+    const auto wa = ranker->weights(objective);
+    const auto wb = loaded->weights(objective);
+    CHECK(std::equal(wa.begin(), wa.end(), wb.begin(), wb.end()));
+  }
+  std::filesystem::remove(path);
+
+  auto bad = config;
+  bad.objective_features[2] = {"sim_mean", "no_such_feature"};
+  CHECK_THROWS_WITH(LogisticFineRanker::train(world.catalog, world.events, world.users, bad),
+                    Contains("objective_features[2]") && Contains("'no_such_feature'"));
+  bad.objective_features[2] = {"sim_mean", "age", "sim_mean"};
+  CHECK_THROWS_WITH(LogisticFineRanker::train(world.catalog, world.events, world.users, bad),
+                    Contains("'sim_mean' repeats"));
 }
 
 TEST_CASE("training rejects unusable input and counts unknown items", "[logistic]") {

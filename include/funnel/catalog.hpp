@@ -92,9 +92,9 @@ class Catalog {
   /// All ids, in items() order.
   [[nodiscard]] std::vector<ItemId> ids() const;
 
-  // Named like std::string::npos on purpose.
-  static constexpr std::size_t npos =
-      static_cast<std::size_t>(-1);  // NOLINT(readability-identifier-naming)
+  /// "Not found", named like std::string::npos on purpose.
+  // NOLINTNEXTLINE(readability-identifier-naming)
+  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
 
  private:
   std::vector<Item> items_;

@@ -32,7 +32,7 @@ std::uint64_t mix(std::uint64_t h) {
 }  // namespace
 
 void Checksum64::block(const unsigned char* p) {
-  for (int lane = 0; lane < 4; ++lane) {
+  for (std::size_t lane = 0; lane < 4; ++lane) {
     lanes_[lane] = rotl(lanes_[lane] ^ (load64(p + 8 * lane) * kMul), 29) * 0x94D049BB133111EBULL;
   }
 }

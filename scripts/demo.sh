@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cmake --preset release >/dev/null
 cmake --build --preset release -j "$(nproc)" --target demo_shop funnel-gen-shop
-./build/examples/demo_shop "$@"
+./build/examples/demo_shop --out build/demo-shop "$@"

@@ -424,7 +424,7 @@ class RatePriors {
   // targets themselves.
   void fill(const CatalogIndex& index, std::size_t row, std::span<float> out) const noexcept {
     assert(out.size() == kPriorFeatures);
-    static const RateCounts kNoCounts;
+    static constexpr RateCounts kNoCounts{};
     const RateCounts* levels[3] = {
         &item_[row],
         index.brand(row) == CatalogIndex::kNone ? &kNoCounts : &brand_[index.brand(row)],

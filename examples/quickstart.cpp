@@ -56,31 +56,38 @@ int main() {
     const std::vector<ItemId> ids = catalog->ids();
     index->add(catalog->vectors(), ids);
 
-    // 3. A behaviour log to learn from: user "a" views bottles and buys one,
-    //    user "b" views dresses and clicks them.
+    // 3. A behaviour log to learn from: six users, two per category, see
+    //    every item; each clicks (and sometimes buys) in their own category.
+    const std::vector<std::string> taste = {"bottles", "dresses", "shoes"};
+    std::vector<UserProfile> users;
     std::vector<Event> events;
     std::int64_t ts = 1767225600;
-    for (int round = 0; round < 40; ++round) {
-      for (ItemId item : ids) {
-        const std::string user = round % 2 == 0 ? "a" : "b";
-        const bool liked = (user == "a") == (catalog->at(item).category == "bottles");
-        events.push_back({.user = user, .item = item, .type = EventType::view, .ts = ts});
-        if (liked && (round + item) % 3 != 0) {
-          events.push_back({.user = user,
-                            .item = item,
-                            .type = EventType::click,
-                            .dwell_s = 20.0 + static_cast<double>(item),
-                            .ts = ts + 5});
-          if ((round + item) % 4 == 0) {
-            events.push_back(
-                {.user = user, .item = item, .type = EventType::purchase, .ts = ts + 60});
+    for (int u = 0; u < 6; ++u) {
+      users.push_back({.id = "u" + std::to_string(u),
+                       .age = 25 + u,
+                       .location = u % 2 == 0 ? "Shanghai" : "Beijing"});
+    }
+    for (int round = 0; round < 20; ++round) {
+      for (int u = 0; u < 6; ++u) {
+        for (ItemId item : ids) {
+          const std::string& user = users[static_cast<std::size_t>(u)].id;
+          const bool liked = catalog->at(item).category == taste[static_cast<std::size_t>(u % 3)];
+          events.push_back({.user = user, .item = item, .type = EventType::view, .ts = ts});
+          if (liked && (round + item) % 3 != 0) {
+            events.push_back({.user = user,
+                              .item = item,
+                              .type = EventType::click,
+                              .dwell_s = 20.0 + static_cast<double>(item),
+                              .ts = ts + 5});
+            if ((round + item + u) % 4 == 0) {
+              events.push_back(
+                  {.user = user, .item = item, .type = EventType::purchase, .ts = ts + 60});
+            }
           }
+          ts += 120;
         }
-        ts += 120;
       }
     }
-    const std::vector<UserProfile> users = {{.id = "a", .age = 31, .location = "Shanghai"},
-                                            {.id = "b", .age = 27, .location = "Beijing"}};
     LogisticTrainConfig train;
     train.validation_fraction = 0.2;
     std::shared_ptr<const FineRanker> fine =
@@ -89,7 +96,7 @@ int main() {
         std::make_shared<Popularity>(Popularity::from_events(*catalog, events, users));
     auto reasons = std::make_shared<TemplateReasonGenerator>(catalog, popularity);
 
-    // 4. The pipeline, and a request for a user who just looked at a bottle.
+    // 4. The pipeline, and a request for a bottle lover who just clicked a bottle.
     PipelineConfig config;
     config.coarse_k = 6;
     config.top_n = 3;

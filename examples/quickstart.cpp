@@ -60,6 +60,7 @@ int main() {
     //    every item; each clicks (and sometimes buys) in their own category.
     const std::vector<std::string> taste = {"bottles", "dresses", "shoes"};
     std::vector<UserProfile> users;
+    users.reserve(6);
     std::vector<Event> events;
     std::int64_t ts = 1767225600;
     for (int u = 0; u < 6; ++u) {

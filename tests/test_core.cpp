@@ -128,7 +128,7 @@ TEST_CASE("for_each_jsonl names the file, line and field of bad input", "[core][
   CHECK(error_of("{\"id\": 3.0}\r\n   \n{\"id\": 4}\n", [&](const funnel::detail::JsonLine& l) {
           CHECK(*l.integer("id", true) == (count == 0 ? 3 : 4));
           ++count;
-        }) == "");
+        }).empty());
   CHECK(count == 2);
   try {
     funnel::detail::for_each_jsonl(dir / "absent.jsonl", read_id);

@@ -349,6 +349,7 @@ TEST_CASE("Pipeline with funnel's own stages serves concurrent requests identica
     requests.push_back(std::move(ctx));
   }
   std::vector<Recommendation> serial;
+  serial.reserve(requests.size());
   for (const UserContext& ctx : requests) serial.push_back(pipeline.recommend(ctx));
   // Users click in their own category: it leads their list.
   for (int u = 0; u < 8; ++u) {
@@ -358,6 +359,7 @@ TEST_CASE("Pipeline with funnel's own stages serves concurrent requests identica
   }
 
   std::vector<std::thread> threads;
+  threads.reserve(4);
   std::vector<int> mismatches(4, 0);
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {

@@ -7,6 +7,7 @@
 #include <numeric>
 #include <unordered_set>
 
+#include "funnel/history_profile.hpp"
 #include "internal/error_util.hpp"
 
 namespace funnel {
@@ -18,15 +19,10 @@ double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-float type_weight(EventType type) {
-  switch (type) {
-    case EventType::view: return 0.25F;
-    case EventType::click: return 1.0F;
-    case EventType::cart: return 2.0F;
-    case EventType::purchase: return 3.0F;
-  }
-  return 0.0F;
-}
+// History events weigh what they weigh in a HistoryProfile (view 0.25,
+// click 1, cart 2, purchase 3), so the coarse query and the fine ranker's
+// history features agree on what matters.
+float type_weight(EventType type) { return HistoryProfileConfig{}.type_weight(type); }
 
 // Checks the wiring before any member is built from it.
 const FineRanker& checked_stages(const Catalog* catalog, const Encoder* encoder,

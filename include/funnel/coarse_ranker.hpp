@@ -151,4 +151,39 @@ class CoarseRanker {
   virtual void save(const std::filesystem::path& path) const = 0;
 };
 
+/// One entry of a merged multi-query result.
+struct MergedCandidate {
+  ItemId id = kNoItem;
+  float distance = 0.0F;   ///< the best distance of this item over all queries
+  std::size_t query = 0;   ///< the query (interest) that gave that distance
+};
+
+/// How search_merged() orders the union of the per-query results.
+enum class MergeOrder {
+  /// By distance alone (best first): one strong interest may fill the list.
+  best_distance,
+  /// Round robin over the queries, each query's own results best first,
+  /// skipping ids already taken: every interest gets an equal share of the
+  /// list while it has results left.
+  round_robin,
+};
+
+/// Multi-interest retrieval: searches several query vectors of one user
+/// (for example one per cluster of the user's history) and merges their
+/// results into one list of at most k distinct items. Each query retrieves
+/// k items; an item found by several queries appears once, with its best
+/// distance and the query that gave it. Ties are ordered by ascending id,
+/// then by query index. Works with any CoarseRanker.
+/// @param[in] ranker  the index
+/// @param[in] queries nq x ranker.dim() query vectors (nq >= 1)
+/// @param[in] k       maximum length of the merged list (> 0)
+/// @param[in] params  per-call settings passed to every search, may be null
+/// @param[in] order   how the union is ordered and cut to k
+/// @return at most k distinct items (fewer when fewer are eligible)
+/// @throws Error(invalid_argument) as CoarseRanker::search, or for nq == 0.
+std::vector<MergedCandidate> search_merged(const CoarseRanker& ranker,
+                                           MatrixView<const float> queries, std::size_t k,
+                                           const SearchParams* params = nullptr,
+                                           MergeOrder order = MergeOrder::best_distance);
+
 }  // namespace funnel

@@ -15,6 +15,7 @@
 #include "funnel/hashing_encoder.hpp"
 #include "funnel/history_profile.hpp"
 #include "funnel/item_id.hpp"
+#include "funnel/ivf_coarse_ranker.hpp"
 #include "funnel/logistic_fine_ranker.hpp"
 #include "funnel/matrix.hpp"
 #include "funnel/metrics.hpp"

@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+// Distance kernels for scanning IVF inverted lists (used by
+// IvfCoarseRanker). Each kernel scores ONE prepared query against `n`
+// consecutive codes of one list and writes n distances. Variants per
+// instruction set are chosen at run time through kernels_for(); all variants
+// agree with the portable one within float rounding (relative 1e-5 of the
+// magnitude of the terms).
+//
+// Distance conventions (as FAISS):
+//   inner product: sum_j q_j * x_j              (higher is better)
+//   L2:            sum_j (q_j - x_j)^2          (lower is better)
+// where x is the decoded vector:
+//   fp32:  x_j = row[j]
+//   fp16:  x_j = half_to_float(code[j])          (IEEE binary16)
+//   sq8:   x_j = vmin_j + (code[j] + 0.5f) / 255 * vdiff_j   (FAISS QT_8bit)
+//
+// The SQ8 kernels work on a query prepared once per query (prepare_sq8):
+//   IP:  q.x = base + sum_j w_j * code_j,  w_j = q_j * vdiff_j / 255,
+//        base = sum_j q_j * (vmin_j + 0.5 * vdiff_j / 255)
+//   L2:  |q - x|^2 = sum_j (r_j - s_j * code_j)^2,  s_j = vdiff_j / 255,
+//        r_j = q_j - vmin_j - 0.5 * s_j
+//
+// The batched path computes C = A * B^T for m queries A (m x dim) and n
+// fp32 rows B (n x dim) with oneDNN's GEMM on the calling thread only.
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "funnel/ivf_coarse_ranker.hpp"
+
+namespace funnel::detail::ivf {
+
+// out[i] = sum_j query[j] * rows[i*dim + j]
+using DotF32Fn = void (*)(const float* query, const float* rows, std::size_t n, std::size_t dim,
+                          float* out);
+// out[i] = sum_j (query[j] - rows[i*dim + j])^2
+using L2F32Fn = DotF32Fn;
+// out[i] = sum_j query[j] * half_to_float(codes[i*dim + j])
+using DotF16Fn = void (*)(const float* query, const std::uint16_t* codes, std::size_t n,
+                          std::size_t dim, float* out);
+// out[i] = sum_j (query[j] - half_to_float(codes[i*dim + j]))^2
+using L2F16Fn = DotF16Fn;
+// out[i] = base + sum_j w[j] * codes[i*dim + j]
+using DotSq8Fn = void (*)(const float* w, float base, const std::uint8_t* codes, std::size_t n,
+                          std::size_t dim, float* out);
+// out[i] = sum_j (r[j] - s[j] * codes[i*dim + j])^2
+using L2Sq8Fn = void (*)(const float* r, const float* s, const std::uint8_t* codes,
+                         std::size_t n, std::size_t dim, float* out);
+
+// One instruction set's kernels. Every pointer is non-null.
+struct Kernels {
+  IvfKernel isa = IvfKernel::portable;
+  DotF32Fn dot_f32 = nullptr;
+  L2F32Fn l2_f32 = nullptr;
+  DotF16Fn dot_f16 = nullptr;
+  L2F16Fn l2_f16 = nullptr;
+  DotSq8Fn dot_sq8 = nullptr;
+  L2Sq8Fn l2_sq8 = nullptr;
+};
+
+// Whether this CPU and build can run `isa` (automatic and portable: true).
+bool supported(IvfKernel isa);
+
+// `isa` resolved: automatic becomes the best supported one.
+IvfKernel resolve(IvfKernel isa);
+
+// The kernels of a supported, resolved isa (asserts otherwise).
+const Kernels& kernels_for(IvfKernel isa);
+
+// A query prepared for SQ8 codes (see the file comment).
+struct Sq8Query {
+  std::vector<float> w;  // IP weights, or L2 scales s (size dim)
+  std::vector<float> r;  // L2 only: shifted query (size dim)
+  float base = 0.0F;     // IP only
+};
+
+// Prepares `query` for SQ8 codes trained with per-dimension vmin / vdiff.
+void prepare_sq8(const float* query, const float* vmin, const float* vdiff, std::size_t dim,
+                 bool inner_product, Sq8Query& out);
+
+// IEEE binary16 <-> float, round to nearest even (as FAISS's encode).
+std::uint16_t float_to_half(float value);
+float half_to_float(std::uint16_t value);
+
+// c[i*ldc + j] = sum_p a[i*dim + p] * b[j*dim + p] for i < m, j < n, with
+// oneDNN's sgemm on the calling thread only (it never uses more threads,
+// whatever OpenMP's settings are). m, n >= 1.
+void gemm_nt(const float* a, std::size_t m, const float* b, std::size_t n, std::size_t dim,
+             float* c, std::size_t ldc);
+
+}  // namespace funnel::detail::ivf

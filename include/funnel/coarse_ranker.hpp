@@ -154,8 +154,8 @@ class CoarseRanker {
 /// One entry of a merged multi-query result.
 struct MergedCandidate {
   ItemId id = kNoItem;
-  float distance = 0.0F;   ///< the best distance of this item over all queries
-  std::size_t query = 0;   ///< the query (interest) that gave that distance
+  float distance = 0.0F;  ///< the best distance of this item over all queries
+  std::size_t query = 0;  ///< the query (interest) that gave that distance
 };
 
 /// How search_merged() orders the union of the per-query results.
@@ -164,7 +164,8 @@ enum class MergeOrder {
   best_distance,
   /// Round robin over the queries, each query's own results best first,
   /// skipping ids already taken: every interest gets an equal share of the
-  /// list while it has results left.
+  /// list while it has results left. The list keeps that taking order; each
+  /// entry still reports the item's best distance over all queries.
   round_robin,
 };
 

@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
-# Installs every package funnel needs to build, test and benchmark, from
-# Debian's repositories. Installs only what is missing; safe to run twice.
+# Installs every package funnel needs to build and test, from Debian's
+# repositories; with --bench also what the benchmarks compare against and
+# read (hnswlib, Fashion-MNIST, gnuplot, PyTorch, Node.js for ONNX Runtime).
+# Installs only what is missing; safe to run twice.
 set -euo pipefail
+
+bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) bench=1 ;;
+    *) echo "usage: install-deps.sh [--bench]" >&2; exit 2 ;;
+  esac
+done
 
 packages=(
   build-essential cmake ninja-build pkg-config git
@@ -11,6 +21,15 @@ packages=(
   catch2 libbenchmark-dev
   clang-format clang-tidy
 )
+if [ "$bench" -eq 1 ]; then
+  packages+=(
+    libhnswlib-dev dataset-fashion-mnist gnuplot-nox
+    python3 python3-torch python3-numpy
+  )
+  # Node.js may come from elsewhere (NodeSource bundles npm in its nodejs,
+  # which conflicts with Debian's npm): only install Debian's when absent.
+  if ! command -v npm > /dev/null; then packages+=(nodejs npm); fi
+fi
 
 missing=()
 for p in "${packages[@]}"; do

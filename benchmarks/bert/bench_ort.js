@@ -1,0 +1,173 @@
+#!/usr/bin/env node
+// SPDX-License-Identifier: Apache-2.0
+//
+// ONNX Runtime side of the BERT encoder benchmark (see docs/encoder-benchmark.md).
+//
+// Loads <models-dir>/<model>/model.onnx (written by make_models.py) into
+// onnxruntime-node's CPU execution provider with graph optimisation level
+// "all", and times session.run() on the token ids of
+// <models-dir>/inputs/ids_<b>x<s>.npy (attention mask all ones, token types
+// all zeros; building the input tensors is outside the timed region, and no
+// tokenization is timed for any runtime). One JSON line per (threads, shape)
+// is appended to --out, and one line with the process's peak RSS at the end.
+// With --ref-dir, the last_hidden_state of each shape (from the first thread
+// count) is written there as a 2-D float32 .npy of (b*s) x hidden, the
+// reference that the other runtimes' outputs are compared with.
+//
+//   node benchmarks/bert/bench_ort.js --models-dir build-bench/bert-models \
+//        --model minilm-l6 --out results.jsonl [--ref-dir DIR] [--threads 1,2]
+//        [--shapes 1x16,1x128,32x128] [--warmup 2] [--min-runs 5]
+//        [--min-seconds 2] [--max-runs 100]
+
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+const ort = require('onnxruntime-node');
+
+function parseArgs(argv) {
+  const args = {
+    modelsDir: null, model: null, out: null, refDir: null, threads: '1,2',
+    shapes: '1x16,1x128,32x128', warmup: 2, minRuns: 5, minSeconds: 2, maxRuns: 100,
+  };
+  const names = {
+    '--models-dir': 'modelsDir', '--model': 'model', '--out': 'out', '--ref-dir': 'refDir',
+    '--threads': 'threads', '--shapes': 'shapes', '--warmup': 'warmup', '--min-runs': 'minRuns',
+    '--min-seconds': 'minSeconds', '--max-runs': 'maxRuns',
+  };
+  for (let i = 2; i < argv.length; i += 2) {
+    const key = names[argv[i]];
+    if (key === undefined || i + 1 >= argv.length) {
+      throw new Error(`bench_ort.js: unknown option or missing value: ${argv[i]}`);
+    }
+    args[key] = argv[i + 1];
+  }
+  for (const k of ['modelsDir', 'model', 'out']) {
+    if (!args[k]) throw new Error(`bench_ort.js: --${k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase())} is required`);
+  }
+  for (const k of ['warmup', 'minRuns', 'minSeconds', 'maxRuns']) args[k] = Number(args[k]);
+  args.threads = args.threads.split(',').map(Number);
+  args.shapes = args.shapes.split(',').map((s) => s.split('x').map(Number));
+  return args;
+}
+
+// Minimal .npy reader for a C-order little-endian int64 array of 2 dimensions.
+function readNpyInt64(file) {
+  const buf = fs.readFileSync(file);
+  if (buf.toString('latin1', 0, 6) !== '\x93NUMPY') throw new Error(`${file}: not a .npy file`);
+  const major = buf[6];
+  const headerLen = major === 1 ? buf.readUInt16LE(8) : buf.readUInt32LE(8);
+  const start = (major === 1 ? 10 : 12) + headerLen;
+  const header = buf.toString('latin1', major === 1 ? 10 : 12, start);
+  if (!/'descr':\s*'<i8'/.test(header) || /'fortran_order':\s*True/.test(header)) {
+    throw new Error(`${file}: expected a C-order '<i8' array, header ${header.trim()}`);
+  }
+  const shape = header.match(/'shape':\s*\((\d+),\s*(\d+)\)/);
+  if (!shape) throw new Error(`${file}: expected a 2-D array, header ${header.trim()}`);
+  const rows = Number(shape[1]);
+  const cols = Number(shape[2]);
+  const data = new BigInt64Array(rows * cols);
+  const body = buf.subarray(start, start + rows * cols * 8);
+  if (body.length !== rows * cols * 8) throw new Error(`${file}: truncated data`);
+  for (let i = 0; i < rows * cols; ++i) data[i] = body.readBigInt64LE(i * 8);
+  return { rows, cols, data };
+}
+
+// Writes a 2-D little-endian float32 .npy (version 1.0).
+function writeNpyFloat32(file, rows, cols, data) {
+  let header = `{'descr': '<f4', 'fortran_order': False, 'shape': (${rows}, ${cols}), }`;
+  const total = 10 + header.length + 1;
+  header += ' '.repeat((64 - (total % 64)) % 64) + '\n';
+  const head = Buffer.alloc(10);
+  head.write('\x93NUMPY', 0, 'latin1');
+  head[6] = 1;
+  head[7] = 0;
+  head.writeUInt16LE(header.length, 8);
+  const body = Buffer.from(data.buffer, data.byteOffset, rows * cols * 4);
+  const tmp = `${file}.tmp`;
+  fs.writeFileSync(tmp, Buffer.concat([head, Buffer.from(header, 'latin1'), body]));
+  fs.renameSync(tmp, file);
+}
+
+function procStatusKiB(field) {
+  const m = fs.readFileSync('/proc/self/status', 'utf8').match(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm'));
+  return m ? Number(m[1]) : NaN;
+}
+
+function percentile(sorted, p) {
+  // Nearest rank: the smallest value with at least p of the runs at or below it.
+  return sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)];
+}
+
+async function timeShape(session, feeds, args) {
+  for (let i = 0; i < args.warmup; ++i) await session.run(feeds);
+  const times = [];
+  const begin = process.hrtime.bigint();
+  for (;;) {
+    const t0 = process.hrtime.bigint();
+    await session.run(feeds);
+    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    const elapsed = Number(process.hrtime.bigint() - begin) / 1e9;
+    if (times.length >= args.maxRuns) break;
+    if (times.length >= args.minRuns && elapsed >= args.minSeconds) break;
+  }
+  times.sort((a, b) => a - b);
+  return { runs: times.length, median_ms: percentile(times, 0.5), p90_ms: percentile(times, 0.9) };
+}
+
+async function main() {
+  const args = parseArgs(process.argv);
+  const modelFile = path.join(args.modelsDir, args.model, 'model.onnx');
+  const rssStartKiB = procStatusKiB('VmRSS');
+  const inputs = args.shapes.map(([b, s]) => {
+    const ids = readNpyInt64(path.join(args.modelsDir, 'inputs', `ids_${b}x${s}.npy`));
+    if (ids.rows !== b || ids.cols !== s) throw new Error(`ids_${b}x${s}.npy has shape ${ids.rows}x${ids.cols}`);
+    const dims = [b, s];
+    return {
+      b, s,
+      feeds: {
+        input_ids: new ort.Tensor('int64', ids.data, dims),
+        attention_mask: new ort.Tensor('int64', new BigInt64Array(b * s).fill(1n), dims),
+        token_type_ids: new ort.Tensor('int64', new BigInt64Array(b * s), dims),
+      },
+    };
+  });
+  const out = fs.openSync(args.out, 'a');
+  for (const [ti, threads] of args.threads.entries()) {
+    const session = await ort.InferenceSession.create(modelFile, {
+      executionProviders: ['cpu'],
+      graphOptimizationLevel: 'all',
+      intraOpNumThreads: threads,
+      interOpNumThreads: 1,
+      executionMode: 'sequential',
+    });
+    for (const { b, s, feeds } of inputs) {
+      const result = await session.run(feeds);
+      const hidden = result.last_hidden_state;
+      if (ti === 0 && args.refDir) {
+        const width = hidden.dims[2];
+        writeNpyFloat32(path.join(args.refDir, `ort_${args.model}_${b}x${s}.npy`), b * s, width, hidden.data);
+      }
+      const t = await timeShape(session, feeds, args);
+      const row = {
+        runtime: 'ort', variant: 'fp32', model: args.model, batch: b, seq: s, threads, ...t,
+        tokens_per_s: (b * s) / (t.median_ms / 1e3),
+      };
+      fs.writeSync(out, JSON.stringify(row) + '\n');
+      console.log(`ort fp32 ${args.model} ${b}x${s} t=${threads}: median ${t.median_ms.toFixed(2)} ms, ` +
+                  `p90 ${t.p90_ms.toFixed(2)} ms, ${row.tokens_per_s.toFixed(0)} tok/s (${t.runs} runs)`);
+    }
+    await session.release();
+  }
+  fs.writeSync(out, JSON.stringify({
+    runtime: 'ort', variant: 'fp32', model: args.model, memory: true,
+    start_rss_mib: rssStartKiB / 1024, peak_rss_mib: procStatusKiB('VmHWM') / 1024,
+    version: ort.env.versions.node,
+  }) + '\n');
+  fs.closeSync(out);
+}
+
+main().catch((e) => {
+  console.error(e.stack || String(e));
+  process.exit(1);
+});

@@ -3,11 +3,19 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cassert>
 #include <cstddef>
 #include <cstdint>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FUNNEL_IVF_X86 1
+#else
+#define FUNNEL_IVF_X86 0
+#endif
 
 #include <oneapi/dnnl/dnnl.h>
 
@@ -129,6 +137,335 @@ constexpr Kernels kPortable{
 };
 
 // ---------------------------------------------------------------------------
+// SIMD kernels (x86). All share one shape: a block of kRows rows is scored at
+// once, each row in its own accumulator, so that every load of the query is
+// used kRows times and kRows independent FMA chains hide the FMA latency. A
+// list is covered by blocks of 8 rows, then at most one block of 4, 2 and 1.
+// Each row's sum is formed in the same order whatever block it falls in, so
+// a row's distance does not depend on its position in the list.
+
+#if FUNNEL_IVF_X86
+
+// What the kernels add up per component, given the query vectors a (and b)
+// and the decoded component x.
+enum class Mode {
+  dot,        // a * x
+  l2,         // (a - x)^2
+  l2_scaled,  // (a - b * x)^2   (SQ8 L2: a = r, b = s)
+};
+
+// ----- AVX-512 (F for arithmetic and fp16 conversion, BW/VL for masked
+// 8- and 16-bit loads of the last, partial chunk of a row).
+
+#define FUNNEL_IVF_AVX512 gnu::target("avx512f,avx512bw,avx512vl,fma,f16c")
+
+[[FUNNEL_IVF_AVX512]] inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+[[FUNNEL_IVF_AVX512]] inline __m512 load16(const std::uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+[[FUNNEL_IVF_AVX512]] inline __m512 load16(const std::uint8_t* p) {
+  return _mm512_cvtepi32_ps(
+      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+// Masked-off lanes read as 0 and touch no memory.
+[[FUNNEL_IVF_AVX512]] inline __m512 load16(const float* p, __mmask16 mask) {
+  return _mm512_maskz_loadu_ps(mask, p);
+}
+[[FUNNEL_IVF_AVX512]] inline __m512 load16(const std::uint16_t* p, __mmask16 mask) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p));
+}
+[[FUNNEL_IVF_AVX512]] inline __m512 load16(const std::uint8_t* p, __mmask16 mask) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, p)));
+}
+
+template <Mode kMode>
+[[FUNNEL_IVF_AVX512]] inline __m512 step512(__m512 a, __m512 b, __m512 x, __m512 acc) {
+  if constexpr (kMode == Mode::dot) {
+    return _mm512_fmadd_ps(a, x, acc);
+  } else if constexpr (kMode == Mode::l2) {
+    const __m512 d = _mm512_sub_ps(a, x);
+    return _mm512_fmadd_ps(d, d, acc);
+  } else {
+    const __m512 d = _mm512_fnmadd_ps(b, x, a);
+    return _mm512_fmadd_ps(d, d, acc);
+  }
+}
+
+// Sums of four accumulators, in lanes 0..3 (a transposing reduction: the
+// partial sums of the four rows are folded together, not one row at a time).
+[[FUNNEL_IVF_AVX512]] inline __m512 fold4(const __m512* acc) {
+  // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] for rows a, b.
+  const __m512 t01 =
+      _mm512_add_ps(_mm512_unpacklo_ps(acc[0], acc[1]), _mm512_unpackhi_ps(acc[0], acc[1]));
+  const __m512 t23 =
+      _mm512_add_ps(_mm512_unpacklo_ps(acc[2], acc[3]), _mm512_unpackhi_ps(acc[2], acc[3]));
+  // Per 128-bit lane: that lane's sums of rows 0, 1, 2, 3.
+  const __m512d p01 = _mm512_castps_pd(t01);
+  const __m512d p23 = _mm512_castps_pd(t23);
+  return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(p01, p23)),
+                       _mm512_castpd_ps(_mm512_unpackhi_pd(p01, p23)));
+}
+
+// out[r] = base + (sum of the lanes of acc[r]) for r < kRows.
+template <int kRows>
+[[FUNNEL_IVF_AVX512]] inline void store_sums512(const __m512* acc, float base, float* out) {
+  if constexpr (kRows == 8) {
+    const __m512 u0 = fold4(acc);
+    const __m512 u1 = fold4(acc + 4);
+    // [u0.L0+u0.L2, u0.L1+u0.L3, u1.L0+u1.L2, u1.L1+u1.L3]
+    const __m512 v =
+        _mm512_add_ps(_mm512_shuffle_f32x4(u0, u1, 0x44), _mm512_shuffle_f32x4(u0, u1, 0xEE));
+    // Lanes 0 and 2 hold the totals of rows 0..3 and 4..7.
+    const __m512 w = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
+    const __m256 sums = _mm512_castps512_ps256(_mm512_shuffle_f32x4(w, w, 0x08));
+    _mm256_storeu_ps(out, _mm256_add_ps(sums, _mm256_set1_ps(base)));
+  } else if constexpr (kRows == 4) {
+    const __m512 u = fold4(acc);
+    const __m512 v = _mm512_add_ps(u, _mm512_shuffle_f32x4(u, u, 0x4E));
+    const __m512 w = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
+    _mm_storeu_ps(out, _mm_add_ps(_mm512_castps512_ps128(w), _mm_set1_ps(base)));
+  } else {
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512 padded[4] = {acc[0], kRows > 1 ? acc[kRows - 1] : zero, zero, zero};  // NOLINT
+    const __m512 u = fold4(padded);
+    const __m512 v = _mm512_add_ps(u, _mm512_shuffle_f32x4(u, u, 0x4E));
+    const __m512 w = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
+    alignas(16) std::array<float, 4> sums{};
+    _mm_store_ps(sums.data(), _mm512_castps512_ps128(w));
+    for (int r = 0; r < kRows; ++r) out[r] = base + sums[static_cast<std::size_t>(r)];
+  }
+}
+
+// Scores rows [0, kRows) of `rows` (row stride dim).
+template <Mode kMode, int kRows, class Code>
+[[FUNNEL_IVF_AVX512]] inline void block512(const float* a, const float* b, float base,
+                                           const Code* rows, std::size_t dim, float* out) {
+  __m512 acc[kRows];  // NOLINT: std::array drops the vector type's alignment attribute
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) acc[static_cast<std::size_t>(r)] = _mm512_setzero_ps();
+  __m512 vb = _mm512_setzero_ps();
+  std::size_t j = 0;
+  for (; j + 16 <= dim; j += 16) {
+    const __m512 va = _mm512_loadu_ps(a + j);
+    if constexpr (kMode == Mode::l2_scaled) vb = _mm512_loadu_ps(b + j);
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      const auto ur = static_cast<std::size_t>(r);
+      acc[ur] = step512<kMode>(va, vb, load16(rows + ur * dim + j), acc[ur]);
+    }
+  }
+  if (j < dim) {
+    // Masked-off lanes are 0 in every operand, so they add 0 in every mode.
+    const auto mask = static_cast<__mmask16>((1U << (dim - j)) - 1U);
+    const __m512 va = _mm512_maskz_loadu_ps(mask, a + j);
+    if constexpr (kMode == Mode::l2_scaled) vb = _mm512_maskz_loadu_ps(mask, b + j);
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      const auto ur = static_cast<std::size_t>(r);
+      acc[ur] = step512<kMode>(va, vb, load16(rows + ur * dim + j, mask), acc[ur]);
+    }
+  }
+  store_sums512<kRows>(acc, base, out);
+}
+
+template <Mode kMode, class Code>
+[[FUNNEL_IVF_AVX512]] void scan512(const float* a, const float* b, float base, const Code* codes,
+                                   std::size_t n, std::size_t dim, float* out) {
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) block512<kMode, 8>(a, b, base, codes + i * dim, dim, out + i);
+  if (i + 4 <= n) {
+    block512<kMode, 4>(a, b, base, codes + i * dim, dim, out + i);
+    i += 4;
+  }
+  if (i + 2 <= n) {
+    block512<kMode, 2>(a, b, base, codes + i * dim, dim, out + i);
+    i += 2;
+  }
+  if (i < n) block512<kMode, 1>(a, b, base, codes + i * dim, dim, out + i);
+}
+
+[[FUNNEL_IVF_AVX512]] void dot_f32_avx512(const float* query, const float* rows, std::size_t n,
+                                          std::size_t dim, float* out) {
+  scan512<Mode::dot>(query, nullptr, 0.0F, rows, n, dim, out);
+}
+[[FUNNEL_IVF_AVX512]] void l2_f32_avx512(const float* query, const float* rows, std::size_t n,
+                                         std::size_t dim, float* out) {
+  scan512<Mode::l2>(query, nullptr, 0.0F, rows, n, dim, out);
+}
+[[FUNNEL_IVF_AVX512]] void dot_f16_avx512(const float* query, const std::uint16_t* codes,
+                                          std::size_t n, std::size_t dim, float* out) {
+  scan512<Mode::dot>(query, nullptr, 0.0F, codes, n, dim, out);
+}
+[[FUNNEL_IVF_AVX512]] void l2_f16_avx512(const float* query, const std::uint16_t* codes,
+                                         std::size_t n, std::size_t dim, float* out) {
+  scan512<Mode::l2>(query, nullptr, 0.0F, codes, n, dim, out);
+}
+[[FUNNEL_IVF_AVX512]] void dot_sq8_avx512(const float* w, float base, const std::uint8_t* codes,
+                                          std::size_t n, std::size_t dim, float* out) {
+  scan512<Mode::dot>(w, nullptr, base, codes, n, dim, out);
+}
+[[FUNNEL_IVF_AVX512]] void l2_sq8_avx512(const float* r, const float* s, const std::uint8_t* codes,
+                                         std::size_t n, std::size_t dim, float* out) {
+  scan512<Mode::l2_scaled>(r, s, 0.0F, codes, n, dim, out);
+}
+
+constexpr Kernels kAvx512{
+    .isa = IvfKernel::avx512,
+    .dot_f32 = dot_f32_avx512,
+    .l2_f32 = l2_f32_avx512,
+    .dot_f16 = dot_f16_avx512,
+    .l2_f16 = l2_f16_avx512,
+    .dot_sq8 = dot_sq8_avx512,
+    .l2_sq8 = l2_sq8_avx512,
+};
+
+// ----- AVX2 + FMA + F16C: the same blocks at 8 lanes. AVX2 has no masked
+// 8- or 16-bit loads, so the last partial chunk of a row is copied into a
+// zeroed buffer first.
+
+#define FUNNEL_IVF_AVX2 gnu::target("avx2,fma,f16c")
+
+[[FUNNEL_IVF_AVX2]] inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+[[FUNNEL_IVF_AVX2]] inline __m256 load8(const std::uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+[[FUNNEL_IVF_AVX2]] inline __m256 load8(const std::uint8_t* p) {
+  return _mm256_cvtepi32_ps(
+      _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+// The first `count` (< 8) components, the rest 0.
+template <class Code>
+[[FUNNEL_IVF_AVX2]] inline __m256 load8(const Code* p, std::size_t count) {
+  std::array<Code, 8> buffer{};
+  std::copy(p, p + count, buffer.begin());
+  return load8(buffer.data());
+}
+
+template <Mode kMode>
+[[FUNNEL_IVF_AVX2]] inline __m256 step256(__m256 a, __m256 b, __m256 x, __m256 acc) {
+  if constexpr (kMode == Mode::dot) {
+    return _mm256_fmadd_ps(a, x, acc);
+  } else if constexpr (kMode == Mode::l2) {
+    const __m256 d = _mm256_sub_ps(a, x);
+    return _mm256_fmadd_ps(d, d, acc);
+  } else {
+    const __m256 d = _mm256_fnmadd_ps(b, x, a);
+    return _mm256_fmadd_ps(d, d, acc);
+  }
+}
+
+// Per 128-bit half: the sums of that half of acc[0..3], rows in lanes 0..3.
+[[FUNNEL_IVF_AVX2]] inline __m256 fold4(const __m256* acc) {
+  return _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+}
+
+template <int kRows>
+[[FUNNEL_IVF_AVX2]] inline void store_sums256(const __m256* acc, float base, float* out) {
+  if constexpr (kRows == 8) {
+    const __m256 u0 = fold4(acc);
+    const __m256 u1 = fold4(acc + 4);
+    const __m256 sums =
+        _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    _mm256_storeu_ps(out, _mm256_add_ps(sums, _mm256_set1_ps(base)));
+  } else {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 padded[4] = {acc[0], kRows > 1 ? acc[1] : zero,  // NOLINT
+                              kRows > 2 ? acc[2] : zero, kRows > 3 ? acc[3] : zero};
+    const __m256 u = fold4(padded);
+    const __m128 sums = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+    if constexpr (kRows == 4) {
+      _mm_storeu_ps(out, _mm_add_ps(sums, _mm_set1_ps(base)));
+    } else {
+      alignas(16) std::array<float, 4> lanes{};
+      _mm_store_ps(lanes.data(), sums);
+      for (int r = 0; r < kRows; ++r) out[r] = base + lanes[static_cast<std::size_t>(r)];
+    }
+  }
+}
+
+template <Mode kMode, int kRows, class Code>
+[[FUNNEL_IVF_AVX2]] inline void block256(const float* a, const float* b, float base,
+                                         const Code* rows, std::size_t dim, float* out) {
+  __m256 acc[kRows];  // NOLINT: see block512
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) acc[static_cast<std::size_t>(r)] = _mm256_setzero_ps();
+  __m256 vb = _mm256_setzero_ps();
+  std::size_t j = 0;
+  for (; j + 8 <= dim; j += 8) {
+    const __m256 va = _mm256_loadu_ps(a + j);
+    if constexpr (kMode == Mode::l2_scaled) vb = _mm256_loadu_ps(b + j);
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      const auto ur = static_cast<std::size_t>(r);
+      acc[ur] = step256<kMode>(va, vb, load8(rows + ur * dim + j), acc[ur]);
+    }
+  }
+  if (j < dim) {
+    const std::size_t rest = dim - j;
+    const __m256 va = load8(a + j, rest);
+    if constexpr (kMode == Mode::l2_scaled) vb = load8(b + j, rest);
+    for (int r = 0; r < kRows; ++r) {
+      const auto ur = static_cast<std::size_t>(r);
+      acc[ur] = step256<kMode>(va, vb, load8(rows + ur * dim + j, rest), acc[ur]);
+    }
+  }
+  store_sums256<kRows>(acc, base, out);
+}
+
+template <Mode kMode, class Code>
+[[FUNNEL_IVF_AVX2]] void scan256(const float* a, const float* b, float base, const Code* codes,
+                                 std::size_t n, std::size_t dim, float* out) {
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) block256<kMode, 8>(a, b, base, codes + i * dim, dim, out + i);
+  if (i + 4 <= n) {
+    block256<kMode, 4>(a, b, base, codes + i * dim, dim, out + i);
+    i += 4;
+  }
+  if (i + 2 <= n) {
+    block256<kMode, 2>(a, b, base, codes + i * dim, dim, out + i);
+    i += 2;
+  }
+  if (i < n) block256<kMode, 1>(a, b, base, codes + i * dim, dim, out + i);
+}
+
+[[FUNNEL_IVF_AVX2]] void dot_f32_avx2(const float* query, const float* rows, std::size_t n,
+                                      std::size_t dim, float* out) {
+  scan256<Mode::dot>(query, nullptr, 0.0F, rows, n, dim, out);
+}
+[[FUNNEL_IVF_AVX2]] void l2_f32_avx2(const float* query, const float* rows, std::size_t n,
+                                     std::size_t dim, float* out) {
+  scan256<Mode::l2>(query, nullptr, 0.0F, rows, n, dim, out);
+}
+[[FUNNEL_IVF_AVX2]] void dot_f16_avx2(const float* query, const std::uint16_t* codes, std::size_t n,
+                                      std::size_t dim, float* out) {
+  scan256<Mode::dot>(query, nullptr, 0.0F, codes, n, dim, out);
+}
+[[FUNNEL_IVF_AVX2]] void l2_f16_avx2(const float* query, const std::uint16_t* codes, std::size_t n,
+                                     std::size_t dim, float* out) {
+  scan256<Mode::l2>(query, nullptr, 0.0F, codes, n, dim, out);
+}
+[[FUNNEL_IVF_AVX2]] void dot_sq8_avx2(const float* w, float base, const std::uint8_t* codes,
+                                      std::size_t n, std::size_t dim, float* out) {
+  scan256<Mode::dot>(w, nullptr, base, codes, n, dim, out);
+}
+[[FUNNEL_IVF_AVX2]] void l2_sq8_avx2(const float* r, const float* s, const std::uint8_t* codes,
+                                     std::size_t n, std::size_t dim, float* out) {
+  scan256<Mode::l2_scaled>(r, s, 0.0F, codes, n, dim, out);
+}
+
+constexpr Kernels kAvx2{
+    .isa = IvfKernel::avx2,
+    .dot_f32 = dot_f32_avx2,
+    .l2_f32 = l2_f32_avx2,
+    .dot_f16 = dot_f16_avx2,
+    .l2_f16 = l2_f16_avx2,
+    .dot_sq8 = dot_sq8_avx2,
+    .l2_sq8 = l2_sq8_avx2,
+};
+
+#endif  // FUNNEL_IVF_X86
+
+// ---------------------------------------------------------------------------
 // OpenMP guard for oneDNN.
 
 // Debian's oneDNN runs its GEMM on as many OpenMP threads as
@@ -159,8 +496,17 @@ bool supported(IvfKernel isa) {
   switch (isa) {
     case IvfKernel::automatic:
     case IvfKernel::portable: return true;
+#if FUNNEL_IVF_X86
+    case IvfKernel::avx2:
+      return __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("fma") != 0 &&
+             __builtin_cpu_supports("f16c") != 0;
+    case IvfKernel::avx512:
+      return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("avx512bw") != 0 &&
+             __builtin_cpu_supports("avx512vl") != 0;
+#else
     case IvfKernel::avx2:
     case IvfKernel::avx512: return false;
+#endif
   }
   return false;
 }
@@ -174,8 +520,13 @@ IvfKernel resolve(IvfKernel isa) {
 
 const Kernels& kernels_for(IvfKernel isa) {
   assert(isa != IvfKernel::automatic && supported(isa));
-  (void)isa;
-  return kPortable;
+  switch (isa) {
+#if FUNNEL_IVF_X86
+    case IvfKernel::avx512: return kAvx512;
+    case IvfKernel::avx2: return kAvx2;
+#endif
+    default: return kPortable;
+  }
 }
 
 void prepare_sq8(const float* query, const float* vmin, const float* vdiff, std::size_t dim,

@@ -3,19 +3,23 @@
 //
 // ONNX Runtime side of the BERT encoder benchmark (see docs/encoder-benchmark.md).
 //
-// Loads <models-dir>/<model>/model.onnx (written by make_models.py) into
+// Loads <models-dir>/<model>/<onnx> (written by make_models.py; --onnx
+// model.onnx is the opset 14 export, model-opset12.onnx the opset 12 one) into
 // onnxruntime-node's CPU execution provider with graph optimisation level
 // "all", and times session.run() on the token ids of
 // <models-dir>/inputs/ids_<b>x<s>.npy (attention mask all ones, token types
 // all zeros; building the input tensors is outside the timed region, and no
 // tokenization is timed for any runtime). One JSON line per (threads, shape)
 // is appended to --out, and one line with the process's peak RSS at the end.
-// With --ref-dir, the last_hidden_state of each shape (from the first thread
-// count) is written there as a 2-D float32 .npy of (b*s) x hidden, the
-// reference that the other runtimes' outputs are compared with.
+// With --ref-dir and --write-ref 1, the last_hidden_state of each shape (from
+// the first thread count) is written there as a 2-D float32 .npy of
+// (b*s) x hidden, the reference that the other runtimes' outputs are compared
+// with; with --ref-dir alone, the output is compared with that file (largest
+// absolute difference).
 //
 //   node benchmarks/bert/bench_ort.js --models-dir build-bench/bert-models \
-//        --model minilm-l6 --out results.jsonl [--ref-dir DIR] [--threads 1,2]
+//        --model minilm-l6 --out results.jsonl [--onnx model.onnx]
+//        [--ref-dir DIR [--write-ref 1]] [--threads 1,2]
 //        [--shapes 1x16,1x128,32x128] [--warmup 2] [--min-runs 5]
 //        [--min-seconds 2] [--max-runs 100]
 
@@ -27,11 +31,12 @@ const ort = require('onnxruntime-node');
 
 function parseArgs(argv) {
   const args = {
-    modelsDir: null, model: null, out: null, refDir: null, threads: '1,2',
+    modelsDir: null, model: null, onnx: 'model.onnx', out: null, refDir: null, writeRef: '0',
+    threads: '1,2',
     shapes: '1x16,1x128,32x128', warmup: 2, minRuns: 5, minSeconds: 2, maxRuns: 100,
   };
   const names = {
-    '--models-dir': 'modelsDir', '--model': 'model', '--out': 'out', '--ref-dir': 'refDir',
+    '--models-dir': 'modelsDir', '--model': 'model', '--onnx': 'onnx', '--out': 'out', '--ref-dir': 'refDir', '--write-ref': 'writeRef',
     '--threads': 'threads', '--shapes': 'shapes', '--warmup': 'warmup', '--min-runs': 'minRuns',
     '--min-seconds': 'minSeconds', '--max-runs': 'maxRuns',
   };
@@ -51,25 +56,28 @@ function parseArgs(argv) {
   return args;
 }
 
-// Minimal .npy reader for a C-order little-endian int64 array of 2 dimensions.
-function readNpyInt64(file) {
+// Minimal .npy reader for a C-order little-endian array of 2 dimensions.
+function readNpy(file, descr) {
   const buf = fs.readFileSync(file);
   if (buf.toString('latin1', 0, 6) !== '\x93NUMPY') throw new Error(`${file}: not a .npy file`);
   const major = buf[6];
   const headerLen = major === 1 ? buf.readUInt16LE(8) : buf.readUInt32LE(8);
   const start = (major === 1 ? 10 : 12) + headerLen;
   const header = buf.toString('latin1', major === 1 ? 10 : 12, start);
-  if (!/'descr':\s*'<i8'/.test(header) || /'fortran_order':\s*True/.test(header)) {
-    throw new Error(`${file}: expected a C-order '<i8' array, header ${header.trim()}`);
+  if (!header.includes(`'descr': '${descr}'`) || /'fortran_order':\s*True/.test(header)) {
+    throw new Error(`${file}: expected a C-order '${descr}' array, header ${header.trim()}`);
   }
   const shape = header.match(/'shape':\s*\((\d+),\s*(\d+)\)/);
   if (!shape) throw new Error(`${file}: expected a 2-D array, header ${header.trim()}`);
   const rows = Number(shape[1]);
   const cols = Number(shape[2]);
-  const data = new BigInt64Array(rows * cols);
-  const body = buf.subarray(start, start + rows * cols * 8);
-  if (body.length !== rows * cols * 8) throw new Error(`${file}: truncated data`);
-  for (let i = 0; i < rows * cols; ++i) data[i] = body.readBigInt64LE(i * 8);
+  const size = descr === '<i8' ? 8 : 4;
+  const body = buf.subarray(start, start + rows * cols * size);
+  if (body.length !== rows * cols * size) throw new Error(`${file}: truncated data`);
+  const data = descr === '<i8' ? new BigInt64Array(rows * cols) : new Float32Array(rows * cols);
+  for (let i = 0; i < rows * cols; ++i) {
+    data[i] = descr === '<i8' ? body.readBigInt64LE(i * 8) : body.readFloatLE(i * 4);
+  }
   return { rows, cols, data };
 }
 
@@ -117,10 +125,12 @@ async function timeShape(session, feeds, args) {
 
 async function main() {
   const args = parseArgs(process.argv);
-  const modelFile = path.join(args.modelsDir, args.model, 'model.onnx');
+  const modelFile = path.join(args.modelsDir, args.model, args.onnx);
+  const opset = args.onnx.match(/opset(\d+)/);
+  const variant = `fp32-opset${opset ? opset[1] : '14'}`;
   const rssStartKiB = procStatusKiB('VmRSS');
   const inputs = args.shapes.map(([b, s]) => {
-    const ids = readNpyInt64(path.join(args.modelsDir, 'inputs', `ids_${b}x${s}.npy`));
+    const ids = readNpy(path.join(args.modelsDir, 'inputs', `ids_${b}x${s}.npy`), '<i8');
     if (ids.rows !== b || ids.cols !== s) throw new Error(`ids_${b}x${s}.npy has shape ${ids.rows}x${ids.cols}`);
     const dims = [b, s];
     return {
@@ -144,23 +154,31 @@ async function main() {
     for (const { b, s, feeds } of inputs) {
       const result = await session.run(feeds);
       const hidden = result.last_hidden_state;
-      if (ti === 0 && args.refDir) {
-        const width = hidden.dims[2];
-        writeNpyFloat32(path.join(args.refDir, `ort_${args.model}_${b}x${s}.npy`), b * s, width, hidden.data);
+      const refFile = args.refDir ? path.join(args.refDir, `ort_${args.model}_${b}x${s}.npy`) : null;
+      const accuracy = {};
+      if (refFile && args.writeRef === '1') {
+        if (ti === 0) writeNpyFloat32(refFile, b * s, hidden.dims[2], hidden.data);
+      } else if (refFile && fs.existsSync(refFile)) {
+        const ref = readNpy(refFile, '<f4');
+        if (ref.data.length !== hidden.data.length) throw new Error(`${refFile}: size differs from the output`);
+        let maxAbs = 0;
+        for (let i = 0; i < ref.data.length; ++i) maxAbs = Math.max(maxAbs, Math.abs(ref.data[i] - hidden.data[i]));
+        accuracy.max_abs_diff = maxAbs;
       }
       const t = await timeShape(session, feeds, args);
       const row = {
-        runtime: 'ort', variant: 'fp32', model: args.model, batch: b, seq: s, threads, ...t,
+        runtime: 'ort', variant, model: args.model, batch: b, seq: s, threads, ...accuracy, ...t,
         tokens_per_s: (b * s) / (t.median_ms / 1e3),
       };
       fs.writeSync(out, JSON.stringify(row) + '\n');
-      console.log(`ort fp32 ${args.model} ${b}x${s} t=${threads}: median ${t.median_ms.toFixed(2)} ms, ` +
-                  `p90 ${t.p90_ms.toFixed(2)} ms, ${row.tokens_per_s.toFixed(0)} tok/s (${t.runs} runs)`);
+      console.log(`ort ${variant} ${args.model} ${b}x${s} t=${threads}: median ${t.median_ms.toFixed(2)} ms, ` +
+                  `p90 ${t.p90_ms.toFixed(2)} ms, ${row.tokens_per_s.toFixed(0)} tok/s (${t.runs} runs)` +
+                  (row.max_abs_diff === undefined ? '' : `, max |diff| to opset 14 ${row.max_abs_diff.toExponential(2)}`));
     }
     await session.release();
   }
   fs.writeSync(out, JSON.stringify({
-    runtime: 'ort', variant: 'fp32', model: args.model, memory: true,
+    runtime: 'ort', variant, model: args.model, memory: true,
     start_rss_mib: rssStartKiB / 1024, peak_rss_mib: procStatusKiB('VmHWM') / 1024,
     version: ort.env.versions.node,
   }) + '\n');

@@ -60,12 +60,19 @@ class NnEncoder(nn.Module):
         super().__init__()
         cfg = hf.cfg
         self.embeddings = hf.embeddings
-        layer = nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, cfg.ffn, dropout=0.0,
-                                           activation="gelu", layer_norm_eps=make_models.LN_EPS,
-                                           batch_first=True, norm_first=False)
-        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=True)
+
+        def new_layer():
+            return nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, cfg.ffn, dropout=0.0,
+                                              activation="gelu",
+                                              layer_norm_eps=make_models.LN_EPS,
+                                              batch_first=True, norm_first=False)
+
+        # Layer by layer, freeing each source layer once copied, so the
+        # process never holds two copies of the weights (peak RSS is reported).
+        layers = []
         with torch.no_grad():
-            for src, dst in zip(hf.encoder.layer, self.encoder.layers):
+            for i in range(cfg.layers):
+                src, dst = hf.encoder.layer[i], new_layer()
                 att = src.attention.self
                 dst.self_attn.in_proj_weight.copy_(
                     torch.cat([att.query.weight, att.key.weight, att.value.weight]))
@@ -81,6 +88,12 @@ class NnEncoder(nn.Module):
                 dst.linear2.bias.copy_(src.output.dense.bias)
                 dst.norm2.weight.copy_(src.output.LayerNorm.weight)
                 dst.norm2.bias.copy_(src.output.LayerNorm.bias)
+                hf.encoder.layer[i] = nn.Identity()
+                del src
+                layers.append(dst)
+        self.encoder = nn.TransformerEncoder(new_layer(), 1, enable_nested_tensor=True)
+        self.encoder.layers = nn.ModuleList(layers)
+        self.encoder.num_layers = cfg.layers
 
     def forward(self, input_ids, attention_mask, token_type_ids):
         x = self.embeddings(input_ids, token_type_ids)

@@ -1,0 +1,334 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+#
+# The BERT encoder benchmark in one command: funnel's BertEncoder (fp32, bf16,
+# int8) against ONNX Runtime (onnxruntime-node, CPU EP, fp32) and PyTorch
+# (Debian's python3-torch, fp32) on the same random-weight models and the same
+# token ids. See docs/encoder-benchmark.md for the method and the results.
+#
+#   benchmarks/run_bert_benchmark.sh            # full run; rewrites the results in
+#                                               # docs/encoder-benchmark.md
+#   benchmarks/run_bert_benchmark.sh --quick    # MiniLM-L6 only, few runs; writes
+#                                               # build-bench/bert-results/report-quick.md
+#
+# Options: --quick, --models minilm-l6,bert-base, --threads 1,2,
+#          --no-torch (skip PyTorch), --no-build (use the existing build-bench),
+#          --report-only (rewrite the report from the last run's raw results,
+#          build-bench/bert-results/results.jsonl).
+# Steps: installs onnxruntime-node into benchmarks/bert/node_modules if it is
+# missing (npm ci --ignore-scripts: the CPU binding ships in the package; the
+# install script would only fetch GPU binaries), builds bench_bert_encoder in
+# Release in build-bench/, writes the models to build-bench/bert-models/ (kept
+# between runs), runs every runtime in its own process per model, prints the
+# tables and writes the report. Run it on a quiet machine: every figure is a
+# wall-clock time.
+
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build="$root/build-bench"
+models_dir="$build/bert-models"
+results_dir="$build/bert-results"
+python=/usr/bin/python3  # Debian's python, with python3-torch and python3-numpy
+
+quick=0
+models=""
+threads="1,2"
+run_torch=1
+do_build=1
+report_only=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --models) models="$2"; shift ;;
+    --threads) threads="$2"; shift ;;
+    --no-torch) run_torch=0 ;;
+    --no-build) do_build=0 ;;
+    --report-only) report_only=1 ;;
+    -h|--help) sed -n '3,25p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "run_bert_benchmark.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+shapes="1x16,1x128,32x128"
+if [[ $quick == 1 ]]; then
+  models=${models:-minilm-l6}
+  timing=(--warmup 1 --min-runs 3 --min-seconds 0.5 --max-runs 20)
+  report="$results_dir/report-quick.md"
+else
+  models=${models:-minilm-l6,bert-base}
+  # Each cell: one warm-up call beyond the untimed accuracy call, then at
+  # least 7 timed calls and at least 3 s of them (at most 200).
+  timing=(--warmup 1 --min-runs 7 --min-seconds 3 --max-runs 200)
+  report="$root/docs/encoder-benchmark.md"
+fi
+
+step() { printf '\n== %s\n' "$*"; }
+started=$(date +%s)
+results="$results_dir/results.jsonl"
+run_info="$results_dir/run-info.json"
+
+if [[ $report_only == 0 ]]; then
+
+step "ONNX Runtime (npm onnxruntime-node)"
+if [[ ! -d "$root/benchmarks/bert/node_modules/onnxruntime-node" ]]; then
+  (cd "$root/benchmarks/bert" && npm ci --ignore-scripts --no-audit --no-fund)
+fi
+(cd "$root/benchmarks/bert" &&
+  node -e "const o=require('onnxruntime-node'); console.log('onnxruntime-node', o.env.versions.node, 'loads')")
+
+if [[ $do_build == 1 ]]; then
+  step "Release build of bench_bert_encoder in build-bench/"
+  if [[ ! -f "$build/CMakeCache.txt" ]]; then
+    cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFUNNEL_BUILD_BENCHMARKS=ON
+  fi
+  cmake --build "$build" --target bench_bert_encoder -j"$(nproc)"
+fi
+bench_funnel="$build/benchmarks/bench_bert_encoder"
+[[ -x "$bench_funnel" ]] || { echo "missing $bench_funnel (build it, or drop --no-build)" >&2; exit 1; }
+
+step "Models and inputs in $models_dir"
+"$python" "$root/benchmarks/bert/make_models.py" --out "$models_dir" --models "$models"
+
+mkdir -p "$results_dir"
+rm -f "$results" "$run_info" "$results_dir"/ort_*.npy
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+
+common=(--models-dir "$models_dir" --out "$results" --ref-dir "$results_dir"
+        --threads "$threads" --shapes "$shapes" "${timing[@]}")
+for model in ${models//,/ }; do
+  # The opset 14 export's outputs are the reference for everyone's accuracy.
+  step "$model: ONNX Runtime fp32 (opset 14)"
+  node "$root/benchmarks/bert/bench_ort.js" --model "$model" --onnx model.onnx --write-ref 1 \
+    "${common[@]}"
+  step "$model: ONNX Runtime fp32 (opset 12, fused attention)"
+  node "$root/benchmarks/bert/bench_ort.js" --model "$model" --onnx model-opset12.onnx "${common[@]}"
+  if [[ $run_torch == 1 ]]; then
+    for impl in hf nn; do
+      step "$model: PyTorch fp32 ($impl)"
+      "$python" -W ignore "$root/benchmarks/bert/bench_torch.py" --model "$model" --impl "$impl" \
+        "${common[@]}"
+    done
+  fi
+  for compute in fp32 bf16 int8; do
+    step "$model: funnel $compute"
+    "$bench_funnel" --model "$model" --compute "$compute" "${common[@]}"
+  done
+done
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+printf '{"quick": %s, "load_before": "%s", "load_after": "%s", "elapsed_s": %s, "timing": "%s"}\n' \
+  "$quick" "$load_before" "$load_after" "$(( $(date +%s) - started ))" "${timing[*]}" > "$run_info"
+fi  # report_only
+
+step "Report"
+[[ -f "$results" && -f "$run_info" ]] || { echo "no results in $results_dir" >&2; exit 1; }
+# The report follows the kind of run that made the results.
+if [[ $(sed -n 's/.*"quick": \([01]\).*/\1/p' "$run_info") == 1 ]]; then
+  report="$results_dir/report-quick.md"
+else
+  report="$root/docs/encoder-benchmark.md"
+fi
+RESULTS="$results" RUN_INFO="$run_info" REPORT="$report" ROOT="$root" "$python" - <<'PY'
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+from collections import defaultdict
+
+env = os.environ
+info = json.load(open(env["RUN_INFO"], encoding="utf-8"))
+rows = [json.loads(line) for line in open(env["RESULTS"], encoding="utf-8")]
+speed = {}  # (model, b, s, t) -> {variant key: row}
+memory = []
+unsupported = []
+for r in rows:
+    key = f"{r['runtime']} {r['variant']}"
+    if r.get("memory"):
+        memory.append(r)
+    elif r.get("unsupported"):
+        unsupported.append(f"{r['model']}: funnel {r['variant']}")
+    else:
+        speed.setdefault((r["model"], r["batch"], r["seq"], r["threads"]), {})[key] = r
+
+MODEL_NAMES = {"minilm-l6": "MiniLM-L6 (6 x 384, 12 heads, FFN 1536)",
+               "bert-base": "BERT-base (12 x 768, 12 heads, FFN 3072)"}
+# target name, numerator, denominator, minimum ratio, accuracy field and bound
+TARGETS = [
+    ("fp32 >= 1.0x ORT", "funnel fp32", "ort", 1.0, None, None),
+    ("bf16 >= 1.6x ORT fp32", "funnel bf16", "ort", 1.6, "mean_cosine", 0.999),
+    ("int8 >= 2x ORT fp32", "funnel int8", "ort", 2.0, "mean_cosine", 0.99),
+    ("fp32 >= 2x PyTorch", "funnel fp32", "torch", 2.0, None, None),
+]
+FP32_MAX_ABS = 1e-4
+
+
+def best(cell, runtime):
+    """The fastest variant of a peer in this row (ORT: two exports; PyTorch: two models)."""
+    cands = [r for k, r in cell.items() if k.startswith(runtime + " ")]
+    return min(cands, key=lambda r: r["median_ms"]) if cands else None
+
+
+def peer(cell, name):
+    return best(cell, name)
+
+
+def tagged(r, tags):
+    return f"{fmt_tps(r)} ({tags[r['variant']]})" if r else "-"
+
+
+ORT_TAGS = {"fp32-opset14": "o14", "fp32-opset12": "o12"}
+TORCH_TAGS = {"fp32-hf": "hf", "fp32-nn": "nn"}
+
+
+def fmt_tps(r):
+    return f"{r['tokens_per_s']:,.0f}" if r else "-"
+
+
+def fmt_lat(r):
+    return f"{r['median_ms']:.1f} / {r['p90_ms']:.1f}" if r else "-"
+
+
+def verdict(cell, target):
+    _, num, den, need, acc_field, acc_min = target
+    a, b = cell.get(num), peer(cell, den)
+    if not a or not b:
+        return None, "-"
+    ratio = a["tokens_per_s"] / b["tokens_per_s"]
+    ok = ratio >= need
+    if acc_field and (a.get(acc_field) is None or a[acc_field] < acc_min):
+        return False, f"{ratio:.2f} SHORT (accuracy {a.get(acc_field, float('nan')):.4f} < {acc_min})"
+    return ok, f"{ratio:.2f} {'PASS' if ok else 'SHORT'}"
+
+
+out = []
+tally = defaultdict(lambda: [0, 0])
+shorts = []
+for model in [m for m in MODEL_NAMES if any(k[0] == m for k in speed)]:
+    keys = sorted(k for k in speed if k[0] == model)
+    out.append(f"### {MODEL_NAMES[model]}\n")
+    out.append("Throughput in tokens/s (batch x sequence tokens / median latency) and "
+               "funnel's ratio to each peer (PASS / SHORT against the target):\n")
+    out.append("| batch x seq | threads | ORT fp32 | PyTorch fp32 | funnel fp32 | funnel bf16 "
+               "| funnel int8 | fp32 / ORT | bf16 / ORT | int8 / ORT | fp32 / PyTorch |")
+    out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for k in keys:
+        cell = speed[k]
+        verdicts = []
+        for target in TARGETS:
+            ok, txt = verdict(cell, target)
+            verdicts.append(txt)
+            if ok is not None:
+                tally[target[0]][0 if ok else 1] += 1
+                if not ok:
+                    shorts.append(f"{model} {k[1]}x{k[2]} t={k[3]}: {target[0]}: {txt}")
+        out.append(f"| {k[1]} x {k[2]} | {k[3]} | {tagged(best(cell, 'ort'), ORT_TAGS)} | "
+                   f"{tagged(best(cell, 'torch'), TORCH_TAGS)} | "
+                   f"{fmt_tps(cell.get('funnel fp32'))} | {fmt_tps(cell.get('funnel bf16'))} | "
+                   f"{fmt_tps(cell.get('funnel int8'))} | " + " | ".join(verdicts) + " |")
+    out.append("\nLatency per call in ms, median / p90 (runs per cell in the raw results):\n")
+    out.append("| batch x seq | threads | ORT opset 14 | ORT opset 12 | PyTorch HF eager "
+               "| PyTorch nn fast path | funnel fp32 | funnel bf16 | funnel int8 |")
+    out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for k in keys:
+        cell = speed[k]
+        out.append(f"| {k[1]} x {k[2]} | {k[3]} | " + " | ".join(
+            fmt_lat(cell.get(v)) for v in ["ort fp32-opset14", "ort fp32-opset12",
+                                           "torch fp32-hf", "torch fp32-nn",
+                                           "funnel fp32", "funnel bf16", "funnel int8"]) + " |")
+    out.append("\nAccuracy of the last hidden states against ONNX Runtime fp32 (opset 14) on the same "
+               f"input (fp32: max |diff|, bound {FP32_MAX_ABS:g}; bf16 / int8: mean cosine over "
+               "tokens, bounds 0.999 / 0.99):\n")
+    out.append("| batch x seq | ORT opset 12 max abs diff | PyTorch fp32 max abs diff "
+               "| funnel fp32 max abs diff | funnel bf16 mean cosine | funnel int8 mean cosine |")
+    out.append("|---|--:|--:|--:|--:|--:|")
+    for k in keys:
+        if k[3] != min(kk[3] for kk in keys):
+            continue
+        cell = speed[k]
+        tb = cell.get("torch fp32-hf") or best(cell, "torch")
+        o12 = cell.get("ort fp32-opset12")
+        f32, b16, i8 = cell.get("funnel fp32"), cell.get("funnel bf16"), cell.get("funnel int8")
+
+        def acc(r, field, fmt, bound, higher):
+            if not r or r.get(field) is None:
+                return "-"
+            ok = r[field] >= bound if higher else r[field] <= bound
+            return format(r[field], fmt) + ("" if ok else " (out of bound)")
+
+        out.append(f"| {k[1]} x {k[2]} | {acc(o12, 'max_abs_diff', '.2e', FP32_MAX_ABS, False)} | "
+                   f"{acc(tb, 'max_abs_diff', '.2e', FP32_MAX_ABS, False)} | "
+                   f"{acc(f32, 'max_abs_diff', '.2e', FP32_MAX_ABS, False)} | "
+                   f"{acc(b16, 'mean_cosine', '.6f', 0.999, True)} | "
+                   f"{acc(i8, 'mean_cosine', '.6f', 0.99, True)} |")
+    out.append("\nPeak memory of each runtime's process (MiB; VmHWM over all rows of the model; "
+               "'start' is the process after loading the runtime, before the model):\n")
+    out.append("| runtime | start RSS | peak RSS | peak - start | notes |")
+    out.append("|---|--:|--:|--:|---|")
+    for m in memory:
+        if m["model"] != model:
+            continue
+        note = ""
+        if m["runtime"] == "funnel":
+            note = (f"resident at the end: {m['rss_anon_mib']:.0f} anonymous + "
+                    f"{m['rss_file_mib']:.0f} file-backed (mapped weights, binary)")
+        name = {"ort": "ONNX Runtime", "torch": "PyTorch", "funnel": "funnel"}[m["runtime"]]
+        out.append(f"| {name} {m['variant']} | {m['start_rss_mib']:.0f} | {m['peak_rss_mib']:.0f} "
+                   f"| {m['peak_rss_mib'] - m['start_rss_mib']:.0f} | {note} |")
+    out.append("")
+
+summary = ["Targets (rows passing / rows measured):", ""]
+for target in TARGETS:
+    p, s = tally[target[0]]
+    if p + s:
+        summary.append(f"- {target[0]}: {p} / {p + s} PASS" + ("" if s == 0 else f", {s} SHORT"))
+if unsupported:
+    summary.append(f"- not supported by this CPU (no rows): {', '.join(unsupported)}")
+if shorts:
+    summary += ["", "Rows short of a target:", ""] + [f"- {s}" for s in shorts]
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True, cwd=env["ROOT"],
+                              check=False).stdout.strip()
+    except OSError:
+        return "?"
+
+cpu = sh("lscpu | sed -n 's/^Model name: *//p' | head -1")
+flags = open("/proc/cpuinfo", encoding="ascii").read()
+isa = ", ".join(f for f in ["avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
+                if re.search(rf"\b{f}\b", flags))
+ort_ver = next((m.get("version") for m in memory if m["runtime"] == "ort"), "?")
+torch_ver = next((m.get("version") for m in memory if m["runtime"] == "torch"), "not run")
+env_lines = [
+    f"Measured {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
+    f"`benchmarks/run_bert_benchmark.sh{' --quick' if info['quick'] else ''}` "
+    f"({info['elapsed_s'] // 60} min {info['elapsed_s'] % 60} s), funnel at "
+    f"{sh('git rev-parse --short HEAD')}{' (with local changes)' if sh('git status --porcelain --untracked-files=no') else ''}.",
+    f"CPU: {cpu}, {os.cpu_count()} logical cores ({isa}); {platform.system()} "
+    f"{platform.release()}. Load average (1/5/15 min) before the runs {info['load_before']}, "
+    f"after {info['load_after']}.",
+    f"ONNX Runtime {ort_ver} (onnxruntime-node, CPU EP); PyTorch {torch_ver} (Debian); "
+    f"{sh('c++ --version | head -1')}; timing options `{info['timing']}`.",
+]
+text = "\n".join(env_lines + [""] + summary + [""] + out)
+print(text)
+
+marker_begin, marker_end = "<!-- results: begin -->", "<!-- results: end -->"
+report = env["REPORT"]
+block = f"{marker_begin}\n{text}\n{marker_end}"
+if os.path.exists(report) and not info["quick"]:
+    doc = open(report, encoding="utf-8").read()
+    if marker_begin in doc and marker_end in doc:
+        doc = doc[:doc.index(marker_begin)] + block + doc[doc.index(marker_end) + len(marker_end):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+else:
+    doc = "# BERT encoder benchmark (quick run)\n\n" + block + "\n"
+with open(report + ".tmp", "w", encoding="utf-8") as f:
+    f.write(doc)
+os.replace(report + ".tmp", report)
+print(f"\nwritten: {report}")
+PY

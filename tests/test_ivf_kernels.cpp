@@ -427,12 +427,16 @@ TEST_CASE("half conversions agree bit for bit with the F16C instructions", "[ivf
 
 namespace {
 
-void check_gemm(std::size_t m, std::size_t n, std::size_t dim, std::size_t ldc, std::mt19937& rng) {
+// Checks C = A * B^T computed by `gemm` (a callable with gemm_nt's
+// parameters) against a triple loop in double.
+template <class Gemm>
+void check_gemm(const Gemm& gemm, std::size_t m, std::size_t n, std::size_t dim, std::size_t ldc,
+                std::mt19937& rng) {
   INFO("m " << m << ", n " << n << ", dim " << dim << ", ldc " << ldc);
   const std::vector<float> a = random_floats(m * dim, rng);
   const std::vector<float> b = random_floats(n * dim, rng);
   std::vector<float> c(m * ldc, kSentinel);
-  ivf::gemm_nt(a.data(), m, b.data(), n, dim, c.data(), ldc);
+  gemm(a.data(), m, b.data(), n, dim, c.data(), ldc);
   for (std::size_t i = 0; i < m; ++i) {
     for (std::size_t j = 0; j < ldc; ++j) {
       if (j >= n) {
@@ -463,15 +467,34 @@ std::size_t thread_count() {
 
 }  // namespace
 
-TEST_CASE("gemm_nt matches a triple loop", "[ivf_kernels]") {
+// Shapes: single query and/or row, partial tiles in both directions, dims
+// below, at and above the 16-float chunk, padded output rows (ldc > n).
+template <class Gemm>
+void check_gemm_shapes(const Gemm& gemm) {
   std::mt19937 rng(15);
-  check_gemm(1, 1, 1, 1, rng);
-  check_gemm(1, 1, 128, 1, rng);
-  check_gemm(1, 37, 128, 37, rng);
-  check_gemm(7, 1, 17, 3, rng);
-  check_gemm(5, 33, 17, 40, rng);
-  check_gemm(3, 100, 784, 101, rng);
-  check_gemm(64, 130, 128, 130, rng);
+  check_gemm(gemm, 1, 1, 1, 1, rng);
+  check_gemm(gemm, 1, 1, 128, 1, rng);
+  check_gemm(gemm, 1, 37, 128, 37, rng);
+  check_gemm(gemm, 7, 1, 17, 3, rng);
+  check_gemm(gemm, 5, 33, 17, 40, rng);
+  check_gemm(gemm, 6, 10, 7, 10, rng);
+  check_gemm(gemm, 3, 100, 784, 101, rng);
+  check_gemm(gemm, 64, 130, 128, 130, rng);
+}
+
+TEST_CASE("gemm_nt matches a triple loop", "[ivf_kernels]") {
+  check_gemm_shapes([](const float* a, std::size_t m, const float* b, std::size_t n,
+                       std::size_t dim, float* c,
+                       std::size_t ldc) { ivf::gemm_nt(a, m, b, n, dim, c, ldc); });
+}
+
+TEST_CASE("gemm_nt_small matches a triple loop on every instruction set", "[ivf_kernels]") {
+  for (const IvfKernel isa : runnable_isas()) {
+    INFO("isa " << isa_name(isa));
+    check_gemm_shapes([isa](const float* a, std::size_t m, const float* b, std::size_t n,
+                            std::size_t dim, float* c,
+                            std::size_t ldc) { ivf::gemm_nt_small(isa, a, m, b, n, dim, c, ldc); });
+  }
 }
 
 TEST_CASE("gemm_nt stays on the calling thread and leaves OpenMP settings unchanged",

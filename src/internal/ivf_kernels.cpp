@@ -157,25 +157,33 @@ enum class Mode {
 // ----- AVX-512 (F for arithmetic and fp16 conversion, BW/VL for masked
 // 8- and 16-bit loads of the last, partial chunk of a row).
 
+// GCC 12 at -O3 reports the "undefined source" idiom inside many AVX-512
+// intrinsics as a use of an uninitialised value; their zero-masking forms
+// with a full mask are the same instructions without that idiom.
+constexpr __mmask16 kAll16 = 0xFFFF;
+constexpr __mmask8 kAll8 = 0xFF;
+
 #define FUNNEL_IVF_AVX512 gnu::target("avx512f,avx512bw,avx512vl,fma,f16c")
 
 [[FUNNEL_IVF_AVX512]] inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 [[FUNNEL_IVF_AVX512]] inline __m512 load16(const std::uint16_t* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_maskz_cvtph_ps(kAll16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 [[FUNNEL_IVF_AVX512]] inline __m512 load16(const std::uint8_t* p) {
-  return _mm512_cvtepi32_ps(
-      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  return _mm512_maskz_cvtepi32_ps(
+      kAll16,
+      _mm512_maskz_cvtepu8_epi32(kAll16, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 // Masked-off lanes read as 0 and touch no memory.
 [[FUNNEL_IVF_AVX512]] inline __m512 load16(const float* p, __mmask16 mask) {
   return _mm512_maskz_loadu_ps(mask, p);
 }
 [[FUNNEL_IVF_AVX512]] inline __m512 load16(const std::uint16_t* p, __mmask16 mask) {
-  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p));
+  return _mm512_maskz_cvtph_ps(kAll16, _mm256_maskz_loadu_epi16(mask, p));
 }
 [[FUNNEL_IVF_AVX512]] inline __m512 load16(const std::uint8_t* p, __mmask16 mask) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask, p)));
+  return _mm512_maskz_cvtepi32_ps(
+      kAll16, _mm512_maskz_cvtepu8_epi32(kAll16, _mm_maskz_loadu_epi8(mask, p)));
 }
 
 template <Mode kMode>
@@ -195,15 +203,23 @@ template <Mode kMode>
 // partial sums of the four rows are folded together, not one row at a time).
 [[FUNNEL_IVF_AVX512]] inline __m512 fold4(const __m512* acc) {
   // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] for rows a, b.
-  const __m512 t01 =
-      _mm512_add_ps(_mm512_unpacklo_ps(acc[0], acc[1]), _mm512_unpackhi_ps(acc[0], acc[1]));
-  const __m512 t23 =
-      _mm512_add_ps(_mm512_unpacklo_ps(acc[2], acc[3]), _mm512_unpackhi_ps(acc[2], acc[3]));
+  const __m512 t01 = _mm512_add_ps(_mm512_maskz_unpacklo_ps(kAll16, acc[0], acc[1]),
+                                   _mm512_maskz_unpackhi_ps(kAll16, acc[0], acc[1]));
+  const __m512 t23 = _mm512_add_ps(_mm512_maskz_unpacklo_ps(kAll16, acc[2], acc[3]),
+                                   _mm512_maskz_unpackhi_ps(kAll16, acc[2], acc[3]));
   // Per 128-bit lane: that lane's sums of rows 0, 1, 2, 3.
   const __m512d p01 = _mm512_castps_pd(t01);
   const __m512d p23 = _mm512_castps_pd(t23);
-  return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(p01, p23)),
-                       _mm512_castpd_ps(_mm512_unpackhi_pd(p01, p23)));
+  return _mm512_add_ps(_mm512_castpd_ps(_mm512_maskz_unpacklo_pd(kAll8, p01, p23)),
+                       _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(kAll8, p01, p23)));
+}
+
+// The totals of acc[0..3], in that order.
+[[FUNNEL_IVF_AVX512]] inline __m128 sum4_512(const __m512* acc) {
+  const __m512 u = fold4(acc);
+  const __m512 v = _mm512_add_ps(u, _mm512_maskz_shuffle_f32x4(kAll16, u, u, 0x4E));
+  const __m512 w = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(kAll16, v, v, 0xB1));
+  return _mm512_maskz_extractf32x4_ps(0xF, w, 0);
 }
 
 // out[r] = base + (sum of the lanes of acc[r]) for r < kRows.
@@ -213,26 +229,20 @@ template <int kRows>
     const __m512 u0 = fold4(acc);
     const __m512 u1 = fold4(acc + 4);
     // [u0.L0+u0.L2, u0.L1+u0.L3, u1.L0+u1.L2, u1.L1+u1.L3]
-    const __m512 v =
-        _mm512_add_ps(_mm512_shuffle_f32x4(u0, u1, 0x44), _mm512_shuffle_f32x4(u0, u1, 0xEE));
+    const __m512 v = _mm512_add_ps(_mm512_maskz_shuffle_f32x4(kAll16, u0, u1, 0x44),
+                                   _mm512_maskz_shuffle_f32x4(kAll16, u0, u1, 0xEE));
     // Lanes 0 and 2 hold the totals of rows 0..3 and 4..7.
-    const __m512 w = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
-    const __m256 sums = _mm512_castps512_ps256(_mm512_shuffle_f32x4(w, w, 0x08));
+    const __m512 w = _mm512_add_ps(v, _mm512_maskz_shuffle_f32x4(kAll16, v, v, 0xB1));
+    const __m256 sums = _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(
+        0xF, _mm512_castps_pd(_mm512_maskz_shuffle_f32x4(kAll16, w, w, 0x08)), 0));
     _mm256_storeu_ps(out, _mm256_add_ps(sums, _mm256_set1_ps(base)));
   } else if constexpr (kRows == 4) {
-    const __m512 u = fold4(acc);
-    const __m512 v = _mm512_add_ps(u, _mm512_shuffle_f32x4(u, u, 0x4E));
-    const __m512 w = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
-    _mm_storeu_ps(out, _mm_add_ps(_mm512_castps512_ps128(w), _mm_set1_ps(base)));
+    _mm_storeu_ps(out, _mm_add_ps(sum4_512(acc), _mm_set1_ps(base)));
   } else {
     const __m512 zero = _mm512_setzero_ps();
     const __m512 padded[4] = {acc[0], kRows > 1 ? acc[kRows - 1] : zero, zero, zero};  // NOLINT
-    const __m512 u = fold4(padded);
-    const __m512 v = _mm512_add_ps(u, _mm512_shuffle_f32x4(u, u, 0x4E));
-    const __m512 w = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, 0xB1));
-    alignas(16) std::array<float, 4> sums{};
-    _mm_store_ps(sums.data(), _mm512_castps512_ps128(w));
-    for (int r = 0; r < kRows; ++r) out[r] = base + sums[static_cast<std::size_t>(r)];
+    const auto mask = static_cast<__mmask8>((1U << kRows) - 1U);
+    _mm_mask_storeu_ps(out, mask, _mm_add_ps(sum4_512(padded), _mm_set1_ps(base)));
   }
 }
 
@@ -307,6 +317,79 @@ template <Mode kMode, class Code>
 [[FUNNEL_IVF_AVX512]] void l2_sq8_avx512(const float* r, const float* s, const std::uint8_t* codes,
                                          std::size_t n, std::size_t dim, float* out) {
   scan512<Mode::l2_scaled>(r, s, 0.0F, codes, n, dim, out);
+}
+
+// ----- AVX-512 register-tiled C = A * B^T for a few queries (gemm_nt_small).
+// A tile is kQueries queries x kTileRows rows, one accumulator per pair
+// (kQueries * 4 <= 16 of the 32 registers), so each row chunk loaded is
+// used by kQueries queries and each query chunk by 4 rows; the pairs' sums
+// are folded at the end of the tile. Rows are the outer loop so that a list
+// streams from memory once for all the queries.
+
+constexpr std::size_t kTileRows = 4;
+constexpr std::size_t kTileQueries = 4;
+
+template <std::size_t kQueries>
+[[FUNNEL_IVF_AVX512]] inline void tile512(const float* const* query, const float* const* row,
+                                          std::size_t dim, float* c, std::size_t ldc,
+                                          __mmask8 store_mask) {
+  __m512 acc[kQueries][kTileRows];  // NOLINT: see block512
+#pragma GCC unroll 4
+  for (std::size_t q = 0; q < kQueries; ++q) {
+#pragma GCC unroll 4
+    for (std::size_t r = 0; r < kTileRows; ++r) acc[q][r] = _mm512_setzero_ps();
+  }
+  std::size_t p = 0;
+  for (; p + 16 <= dim; p += 16) {
+    __m512 x[kTileRows];  // NOLINT: see block512
+#pragma GCC unroll 4
+    for (std::size_t r = 0; r < kTileRows; ++r) x[r] = _mm512_loadu_ps(row[r] + p);
+#pragma GCC unroll 4
+    for (std::size_t q = 0; q < kQueries; ++q) {
+      const __m512 y = _mm512_loadu_ps(query[q] + p);
+#pragma GCC unroll 4
+      for (std::size_t r = 0; r < kTileRows; ++r) acc[q][r] = _mm512_fmadd_ps(y, x[r], acc[q][r]);
+    }
+  }
+  if (p < dim) {
+    const auto mask = static_cast<__mmask16>((1U << (dim - p)) - 1U);
+    __m512 x[kTileRows];  // NOLINT: see block512
+#pragma GCC unroll 4
+    for (std::size_t r = 0; r < kTileRows; ++r) x[r] = _mm512_maskz_loadu_ps(mask, row[r] + p);
+#pragma GCC unroll 4
+    for (std::size_t q = 0; q < kQueries; ++q) {
+      const __m512 y = _mm512_maskz_loadu_ps(mask, query[q] + p);
+#pragma GCC unroll 4
+      for (std::size_t r = 0; r < kTileRows; ++r) acc[q][r] = _mm512_fmadd_ps(y, x[r], acc[q][r]);
+    }
+  }
+#pragma GCC unroll 4
+  for (std::size_t q = 0; q < kQueries; ++q) {
+    _mm_mask_storeu_ps(c + q * ldc, store_mask, sum4_512(acc[q]));
+  }
+}
+
+[[FUNNEL_IVF_AVX512]] void gemm_nt_avx512(const float* a, std::size_t m, const float* b,
+                                          std::size_t n, std::size_t dim, float* c,
+                                          std::size_t ldc) {
+  for (std::size_t j0 = 0; j0 < n; j0 += kTileRows) {
+    const std::size_t rows = std::min(kTileRows, n - j0);
+    // A partial tile repeats its last row; only its own results are stored.
+    std::array<const float*, kTileRows> row{};
+    for (std::size_t r = 0; r < kTileRows; ++r) row[r] = b + (j0 + std::min(r, rows - 1)) * dim;
+    const auto store_mask = static_cast<__mmask8>((1U << rows) - 1U);
+    for (std::size_t i0 = 0; i0 < m; i0 += kTileQueries) {
+      std::array<const float*, kTileQueries> query{};
+      for (std::size_t q = 0; q < kTileQueries; ++q) query[q] = a + (i0 + q) * dim;
+      float* out = c + i0 * ldc + j0;
+      switch (std::min(kTileQueries, m - i0)) {
+        case 4: tile512<4>(query.data(), row.data(), dim, out, ldc, store_mask); break;
+        case 3: tile512<3>(query.data(), row.data(), dim, out, ldc, store_mask); break;
+        case 2: tile512<2>(query.data(), row.data(), dim, out, ldc, store_mask); break;
+        default: tile512<1>(query.data(), row.data(), dim, out, ldc, store_mask); break;
+      }
+    }
+  }
 }
 
 constexpr Kernels kAvx512{
@@ -634,6 +717,22 @@ void gemm_nt(const float* a, std::size_t m, const float* b, std::size_t n, std::
     fail(ErrorCode::internal, "ivf gemm_nt: dnnl_sgemm failed with status ",
          static_cast<int>(status), " (m=", m, ", n=", n, ", dim=", dim, ", ldc=", ldc, ")");
   }
+}
+
+void gemm_nt_small(IvfKernel isa, const float* a, std::size_t m, const float* b, std::size_t n,
+                   std::size_t dim, float* c, std::size_t ldc) {
+  assert(m >= 1 && n >= 1 && ldc >= n);
+#if FUNNEL_IVF_X86
+  // One query has no row loads to share, and the row-blocked kernel keeps
+  // more FMA chains in flight than a 1 x 4 tile.
+  if (isa == IvfKernel::avx512 && m > 1) {
+    assert(supported(isa));
+    gemm_nt_avx512(a, m, b, n, dim, c, ldc);
+    return;
+  }
+#endif
+  const Kernels& kernels = kernels_for(isa);
+  for (std::size_t i = 0; i < m; ++i) kernels.dot_f32(a + i * dim, b, n, dim, c + i * ldc);
 }
 
 }  // namespace funnel::detail::ivf

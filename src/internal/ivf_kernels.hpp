@@ -23,7 +23,9 @@
 //        r_j = q_j - vmin_j - 0.5 * s_j
 //
 // The batched path computes C = A * B^T for m queries A (m x dim) and n
-// fp32 rows B (n x dim) with oneDNN's GEMM on the calling thread only.
+// fp32 rows B (n x dim) on the calling thread only: gemm_nt (oneDNN's GEMM)
+// or gemm_nt_small (funnel's register-tiled kernel, faster for few queries;
+// see its comment for where the crossover lies).
 
 #include <cstddef>
 #include <cstdint>
@@ -47,8 +49,8 @@ using L2F16Fn = DotF16Fn;
 using DotSq8Fn = void (*)(const float* w, float base, const std::uint8_t* codes, std::size_t n,
                           std::size_t dim, float* out);
 // out[i] = sum_j (r[j] - s[j] * codes[i*dim + j])^2
-using L2Sq8Fn = void (*)(const float* r, const float* s, const std::uint8_t* codes,
-                         std::size_t n, std::size_t dim, float* out);
+using L2Sq8Fn = void (*)(const float* r, const float* s, const std::uint8_t* codes, std::size_t n,
+                         std::size_t dim, float* out);
 
 // One instruction set's kernels. Every pointer is non-null.
 struct Kernels {
@@ -90,5 +92,19 @@ float half_to_float(std::uint16_t value);
 // whatever OpenMP's settings are). m, n >= 1.
 void gemm_nt(const float* a, std::size_t m, const float* b, std::size_t n, std::size_t dim,
              float* c, std::size_t ldc);
+
+// The same product as gemm_nt, computed by funnel's own kernels of `isa` (a
+// supported, resolved isa) on the calling thread: with AVX-512 and m > 1,
+// tiles of 4 queries x 4 rows are scored in registers (each loaded row chunk
+// serves 4 queries, so a list streams from memory once per call); otherwise
+// the isa's dot_f32 kernel runs once per query. Measured on the development
+// machine (benchmarks/bench_ivf_kernels.cpp, bm_gemm; a shared, loaded
+// machine, so +-20%): with AVX-512 it is faster than gemm_nt for m <= 8 at
+// dim 128 (about 1.5x) and for every m <= 64 at dim 784 (1.1-2x); at dim 128
+// and m >= 16, gemm_nt is as fast or up to 1.3x faster.
+// Results agree with gemm_nt within float rounding, not bit for bit.
+// m, n >= 1, ldc >= n.
+void gemm_nt_small(IvfKernel isa, const float* a, std::size_t m, const float* b, std::size_t n,
+                   std::size_t dim, float* c, std::size_t ldc);
 
 }  // namespace funnel::detail::ivf

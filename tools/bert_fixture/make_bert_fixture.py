@@ -41,7 +41,6 @@ import unicodedata
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------
 # safetensors writer (format: u64 little-endian header length, JSON header,

@@ -25,20 +25,28 @@ using Cp = utf8proc_int32_t;
 // ---------------------------------------------------------------------------
 // Character classes (BERT's definitions; see the header).
 
-// What the clean-up and whitespace steps do with an ASCII byte.
-enum class AsciiAction : std::uint8_t { keep, drop, space };
+// What the clean-up and whitespace steps do with a byte: ASCII bytes are
+// kept, dropped or whitespace; the others start or continue a multi-byte
+// sequence.
+enum class ByteAction : std::uint8_t { keep, drop, space, multibyte };
 
-constexpr std::array<AsciiAction, 128> make_ascii_actions() {
-  std::array<AsciiAction, 128> table{};
-  for (std::size_t c = 0; c < 128; ++c) {
+constexpr std::array<ByteAction, 256> make_byte_actions() {
+  std::array<ByteAction, 256> table{};
+  for (std::size_t c = 0; c < 256; ++c) {
     // 0-31 and 127 are category Cc, i.e. controls, except the three that
     // BERT counts as whitespace.
-    if (c < 32 || c == 127) table[c] = AsciiAction::drop;
+    if (c >= 128) {
+      table[c] = ByteAction::multibyte;
+    } else if (c < 32 || c == 127) {
+      table[c] = ByteAction::drop;
+    }
   }
-  table['\t'] = table['\n'] = table['\r'] = table[' '] = AsciiAction::space;
+  table['\t'] = table['\n'] = table['\r'] = table[' '] = ByteAction::space;
   return table;
 }
-constexpr std::array<AsciiAction, 128> kAsciiActions = make_ascii_actions();
+constexpr std::array<ByteAction, 256> kByteActions = make_byte_actions();
+
+constexpr ByteAction byte_action(char c) { return kByteActions[static_cast<unsigned char>(c)]; }
 
 constexpr bool is_ascii_punct(unsigned c) {
   return (c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) ||
@@ -435,16 +443,18 @@ void BertTokenizer::Impl::basic(std::string_view text, Scratch& s, Sink&& sink) 
   };
   std::size_t pos = 0;
   while (pos < text.size()) {
-    const auto b = static_cast<unsigned char>(text[pos]);
-    if (b < 0x80) {
+    const ByteAction action = byte_action(text[pos]);
+    if (action == ByteAction::keep) {
+      // Copies a whole run of kept ASCII bytes at once.
+      std::size_t end = pos + 1;
+      while (end < text.size() && byte_action(text[end]) == ByteAction::keep) ++end;
+      s.word.append(text.data() + pos, end - pos);
+      pos = end;
+      continue;
+    }
+    if (action != ByteAction::multibyte) {
       ++pos;
-      switch (kAsciiActions[b]) {
-        case AsciiAction::keep: s.word.push_back(static_cast<char>(b)); break;
-        case AsciiAction::drop: break;
-        case AsciiAction::space:
-          if (!flush()) return;
-          break;
-      }
+      if (action == ByteAction::space && !flush()) return;
       continue;
     }
     const std::size_t start = pos;
@@ -475,18 +485,26 @@ bool BertTokenizer::Impl::process_word(Scratch& s, bool ascii, Sink& sink) const
   std::string& piece = s.piece;
   piece.clear();
   if (ascii) {
-    // NFC, NFD and accent stripping leave ASCII unchanged.
-    for (char c : s.word) {
-      if (kAsciiPunct[static_cast<unsigned char>(c)]) {
-        if (!piece.empty() && !sink(std::string_view(piece), piece.size())) return false;
-        piece.clear();
-        if (!sink(std::string_view(&c, 1), 1)) return false;
-        continue;
-      }
-      if (lower_case && c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-      piece.push_back(c);
+    // NFC, NFD and accent stripping leave ASCII unchanged; pieces are views
+    // into the word unless they need lower-casing.
+    const std::string_view word = s.word;
+    const auto emit_run = [&](std::string_view run) {
+      if (!lower_case ||
+          std::none_of(run.begin(), run.end(), [](char c) { return c >= 'A' && c <= 'Z'; }))
+        return sink(run, run.size());
+      piece.assign(run);
+      for (char& c : piece)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+      return sink(std::string_view(piece), piece.size());
+    };
+    std::size_t start = 0;
+    for (std::size_t i = 0; i < word.size(); ++i) {
+      if (!kAsciiPunct[static_cast<unsigned char>(word[i])]) continue;
+      if (i > start && !emit_run(word.substr(start, i - start))) return false;
+      if (!sink(word.substr(i, 1), 1)) return false;
+      start = i + 1;
     }
-    return piece.empty() || sink(std::string_view(piece), piece.size());
+    return start == word.size() || emit_run(word.substr(start));
   }
   // A lone unified ideograph (the common case in Chinese text) has no case,
   // no decomposition and is not punctuation.

@@ -51,6 +51,8 @@ void PipelineConfig::validate() const {
                   "PipelineConfig.history_half_life_s must be a positive number");
   detail::require(query_weight >= 0 && std::isfinite(query_weight),
                   "PipelineConfig.query_weight must be >= 0");
+  detail::require(interests >= 1 && interests <= 16,
+                  "PipelineConfig.interests must be in 1..16, got ", interests);
   fusion.validate();
 }
 
@@ -68,16 +70,19 @@ Pipeline::Pipeline(std::shared_ptr<const Catalog> catalog, std::shared_ptr<const
                                              fine_.get(), reasons_.get(), config_)
                                   .objectives()) {}
 
-void Pipeline::user_vector(const UserContext& user, std::span<float> out) const {
-  const std::size_t dim = encoder_->dim();
-  detail::require(out.size() == dim, "Pipeline::user_vector: output has ", out.size(),
-                  " floats, expected ", dim);
-  std::fill(out.begin(), out.end(), 0.0F);
+// The recent distinct history items with their vectors and weights
+// (strongest event type times recency decay), normalised to sum 1.
+struct Pipeline::WeightedHistory {
+  Matrix<float> vectors;       // rows x dim
+  std::vector<float> weights;  // rows, summing to 1 (all 0 when the sum is 0)
+};
 
+Pipeline::WeightedHistory Pipeline::weighted_history(const UserContext& user) const {
+  const std::size_t dim = encoder_->dim();
   // The most recent distinct catalogue items of the history, newest first,
   // each weighted by its strongest event and by recency.
   std::vector<std::size_t> rows;
-  std::vector<float> weights;
+  WeightedHistory out;
   std::unordered_set<ItemId> seen;
   for (auto it = user.history.rbegin();
        it != user.history.rend() && rows.size() < config_.history_for_query; ++it) {
@@ -92,40 +97,166 @@ void Pipeline::user_vector(const UserContext& user, std::span<float> out) const 
       if (e.item == it->item) w = std::max(w, type_weight(e.type));
     }
     rows.push_back(row);
-    weights.push_back(static_cast<float>(w * decay));
+    out.weights.push_back(static_cast<float>(w * decay));
   }
-  if (!rows.empty()) {
-    // Items already carry their vectors when the catalogue was encoded with
-    // this encoder; otherwise their titles are encoded now.
-    Matrix<float> encoded;
-    const bool stored = catalog_->has_vectors() && catalog_->vector_dim() == dim;
-    if (!stored) {
-      std::vector<std::string_view> titles;
-      titles.reserve(rows.size());
-      for (std::size_t row : rows) titles.push_back(catalog_->items()[row].title);
-      encoded = Matrix<float>(rows.size(), dim);
-      encoder_->encode(titles, encoded.view(), TextRole::document);
-    }
-    const float total = std::accumulate(weights.begin(), weights.end(), 0.0F);
+  out.vectors = Matrix<float>(rows.size(), dim);
+  if (rows.empty()) return out;
+  // Items already carry their vectors when the catalogue was encoded with
+  // this encoder; otherwise their titles are encoded now.
+  if (catalog_->has_vectors() && catalog_->vector_dim() == dim) {
     for (std::size_t i = 0; i < rows.size(); ++i) {
-      const float w = total > 0 ? weights[i] / total : 0.0F;
-      const std::span<const float> v =
-          stored ? catalog_->vectors().row(rows[i]) : std::span<const float>(encoded.row(i));
-      for (std::size_t j = 0; j < dim; ++j) out[j] += w * v[j];
+      const std::span<const float> v = catalog_->vectors().row(rows[i]);
+      std::copy(v.begin(), v.end(), out.vectors.row(i).begin());
     }
+  } else {
+    std::vector<std::string_view> titles;
+    titles.reserve(rows.size());
+    for (std::size_t row : rows) titles.push_back(catalog_->items()[row].title);
+    encoder_->encode(titles, out.vectors.view(), TextRole::document);
   }
-  if (!user.query.empty() && config_.query_weight > 0) {
-    Matrix<float> q(1, dim);
-    const std::string_view text = user.query;
-    encoder_->encode(std::span<const std::string_view>(&text, 1), q.view(), TextRole::query);
-    for (std::size_t j = 0; j < dim; ++j) out[j] += config_.query_weight * q(0, j);
-  }
+  const float total = std::accumulate(out.weights.begin(), out.weights.end(), 0.0F);
+  for (float& w : out.weights) w = total > 0 ? w / total : 0.0F;
+  return out;
+}
+
+Matrix<float> Pipeline::query_text_vector(const UserContext& user) const {
+  if (user.query.empty() || config_.query_weight <= 0) return {};
+  Matrix<float> q(1, encoder_->dim());
+  const std::string_view text = user.query;
+  encoder_->encode(std::span<const std::string_view>(&text, 1), q.view(), TextRole::query);
+  return q;
+}
+
+namespace {
+
+void normalise(std::span<float> v) {
   double norm = 0.0;
-  for (float v : out) norm += static_cast<double>(v) * v;
+  for (float x : v) norm += static_cast<double>(x) * x;
   if (norm > 0) {
     const auto inv = static_cast<float>(1.0 / std::sqrt(norm));
-    for (float& v : out) v *= inv;
+    for (float& x : v) x *= inv;
   }
+}
+
+double dot(std::span<const float> a, std::span<const float> b) {
+  double s = 0.0;
+  for (std::size_t j = 0; j < a.size(); ++j) s += static_cast<double>(a[j]) * b[j];
+  return s;
+}
+
+// Spherical k-means of weighted rows into at most `m` groups; returns each
+// row's group. Seeded with the heaviest row, then repeatedly the row least
+// similar to every seed (ties: the lower row), so that the result depends on
+// nothing but the input.
+std::vector<std::size_t> group_rows(const Matrix<float>& vectors, std::span<const float> weights,
+                                    std::size_t m) {
+  const std::size_t n = vectors.rows();
+  const std::size_t dim = vectors.cols();
+  Matrix<float> unit(n, dim);
+  for (std::size_t i = 0; i < n; ++i) {
+    std::copy(vectors.row(i).begin(), vectors.row(i).end(), unit.row(i).begin());
+    normalise(unit.row(i));
+  }
+  std::vector<std::size_t> seeds = {
+      static_cast<std::size_t>(std::max_element(weights.begin(), weights.end()) - weights.begin())};
+  while (seeds.size() < m) {
+    std::size_t far = n;
+    double far_sim = 0.0;
+    for (std::size_t i = 0; i < n; ++i) {
+      double best = -2.0;
+      for (std::size_t s : seeds) best = std::max(best, dot(unit.row(i), unit.row(s)));
+      if (far == n || best < far_sim) {
+        far = i;
+        far_sim = best;
+      }
+    }
+    // Every row already (nearly) coincides with a seed: fewer interests.
+    if (far_sim > 0.9999) break;
+    seeds.push_back(far);
+  }
+  Matrix<float> centers(seeds.size(), dim);
+  for (std::size_t c = 0; c < seeds.size(); ++c) {
+    std::copy(unit.row(seeds[c]).begin(), unit.row(seeds[c]).end(), centers.row(c).begin());
+  }
+  std::vector<std::size_t> group(n, 0);
+  constexpr int kIterations = 8;
+  for (int iter = 0; iter < kIterations; ++iter) {
+    for (std::size_t i = 0; i < n; ++i) {
+      double best = -2.0;
+      for (std::size_t c = 0; c < centers.rows(); ++c) {
+        const double sim = dot(unit.row(i), centers.row(c));
+        if (sim > best) {
+          best = sim;
+          group[i] = c;
+        }
+      }
+    }
+    std::fill(centers.data(), centers.data() + centers.size(), 0.0F);
+    for (std::size_t i = 0; i < n; ++i) {
+      // Rows of zero weight still pull their group's direction a little, so
+      // that a group of only zero-weight rows keeps a direction.
+      const float w = weights[i] + 1e-6F;
+      for (std::size_t j = 0; j < dim; ++j) centers(group[i], j) += w * unit(i, j);
+    }
+    for (std::size_t c = 0; c < centers.rows(); ++c) normalise(centers.row(c));
+  }
+  return group;
+}
+
+}  // namespace
+
+void Pipeline::user_vector(const UserContext& user, std::span<float> out) const {
+  const std::size_t dim = encoder_->dim();
+  detail::require(out.size() == dim, "Pipeline::user_vector: output has ", out.size(),
+                  " floats, expected ", dim);
+  std::fill(out.begin(), out.end(), 0.0F);
+  const WeightedHistory history = weighted_history(user);
+  for (std::size_t i = 0; i < history.weights.size(); ++i) {
+    const std::span<const float> v = history.vectors.row(i);
+    for (std::size_t j = 0; j < dim; ++j) out[j] += history.weights[i] * v[j];
+  }
+  const Matrix<float> q = query_text_vector(user);
+  if (!q.empty()) {
+    for (std::size_t j = 0; j < dim; ++j) out[j] += config_.query_weight * q(0, j);
+  }
+  normalise(out);
+}
+
+Matrix<float> Pipeline::user_vectors(const UserContext& user) const {
+  const std::size_t dim = encoder_->dim();
+  WeightedHistory history = weighted_history(user);
+  const std::size_t n = history.weights.size();
+  if (config_.interests <= 1 || n < 2) {
+    Matrix<float> one(1, dim);
+    user_vector(user, one.row(0));
+    return one;
+  }
+  const std::vector<std::size_t> group =
+      group_rows(history.vectors, history.weights, std::min(config_.interests, n));
+  const std::size_t groups = *std::max_element(group.begin(), group.end()) + 1;
+  std::vector<double> mass(groups, 0.0);
+  for (std::size_t i = 0; i < n; ++i) mass[group[i]] += history.weights[i];
+  // Heaviest interest first (ties: the lower group, i.e. the earlier seed).
+  std::vector<std::size_t> order(groups);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return mass[a] > mass[b]; });
+  const Matrix<float> q = query_text_vector(user);
+  Matrix<float> out(groups, dim);
+  for (std::size_t r = 0; r < groups; ++r) {
+    const std::size_t g = order[r];
+    const std::span<float> row = out.row(r);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (group[i] != g) continue;
+      const auto w = static_cast<float>(mass[g] > 0 ? history.weights[i] / mass[g] : 0.0);
+      for (std::size_t j = 0; j < dim; ++j) row[j] += w * history.vectors(i, j);
+    }
+    if (!q.empty()) {
+      for (std::size_t j = 0; j < dim; ++j) row[j] += config_.query_weight * q(0, j);
+    }
+    normalise(row);
+  }
+  return out;
 }
 
 Recommendation Pipeline::recommend(const UserContext& user, const RecommendOptions& options) const {
@@ -135,14 +266,13 @@ Recommendation Pipeline::recommend(const UserContext& user, const RecommendOptio
   rec.objectives.assign(objectives.begin(), objectives.end());
   const std::size_t top_n = options.top_n > 0 ? options.top_n : config_.top_n;
 
-  // 1. User vector.
+  // 1. User vector(s).
   auto t = Clock::now();
-  Matrix<float> query(1, encoder_->dim());
-  user_vector(user, query.row(0));
+  const Matrix<float> queries = user_vectors(user);
   rec.timings.encode_ms = ms_since(t);
 
   // 2. Coarse candidates, with the business filter and purchased items removed
-  //    inside the scan.
+  //    inside the scan; several interests are merged round robin.
   t = Clock::now();
   std::vector<ItemId> purchased;
   if (config_.exclude_purchased) {
@@ -155,15 +285,22 @@ Recommendation Pipeline::recommend(const UserContext& user, const RecommendOptio
   SearchParams params;
   params.filter = (options.filter != nullptr || !purchased.empty()) ? &all : nullptr;
   const std::size_t k = std::min(config_.coarse_k, std::max<std::size_t>(coarse_->size(), 1));
-  Matrix<float> distances(1, k);
-  Matrix<ItemId> labels(1, k);
-  coarse_->search(query.view(), k, distances.view(), labels.view(), &params);
   std::vector<Candidate> candidates;
   candidates.reserve(k);
   const bool l2 = coarse_->metric() == Metric::l2;
-  for (std::size_t i = 0; i < k; ++i) {
-    if (labels(0, i) == kNoItem) break;
-    candidates.push_back({labels(0, i), l2 ? -distances(0, i) : distances(0, i)});
+  if (queries.rows() == 1) {
+    Matrix<float> distances(1, k);
+    Matrix<ItemId> labels(1, k);
+    coarse_->search(queries.view(), k, distances.view(), labels.view(), &params);
+    for (std::size_t i = 0; i < k; ++i) {
+      if (labels(0, i) == kNoItem) break;
+      candidates.push_back({labels(0, i), l2 ? -distances(0, i) : distances(0, i)});
+    }
+  } else {
+    for (const MergedCandidate& c :
+         search_merged(*coarse_, queries.view(), k, &params, MergeOrder::round_robin)) {
+      candidates.push_back({c.id, l2 ? -c.distance : c.distance});
+    }
   }
   rec.candidates = candidates.size();
   rec.timings.coarse_ms = ms_since(t);

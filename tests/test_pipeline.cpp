@@ -59,21 +59,25 @@ class LoopRanker final : public CoarseRanker {
   RemoveReport remove(std::span<const ItemId> /*ids*/) override { return {}; }
   std::size_t search(MatrixView<const float> q, std::size_t k, MatrixView<float> d,
                      MatrixView<ItemId> l, const SearchParams* params) const override {
-    std::vector<std::pair<float, ItemId>> all;
-    for (std::size_t i = 0; i < ids_.size(); ++i) {
-      if (params != nullptr && params->filter != nullptr && !params->filter->allows(ids_[i])) {
-        continue;
+    std::size_t fewest = k;
+    for (std::size_t r = 0; r < q.rows; ++r) {
+      std::vector<std::pair<float, ItemId>> all;
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        if (params != nullptr && params->filter != nullptr && !params->filter->allows(ids_[i])) {
+          continue;
+        }
+        all.emplace_back(q(r, 0) * vecs_[i][0] + q(r, 1) * vecs_[i][1], ids_[i]);
       }
-      all.emplace_back(q(0, 0) * vecs_[i][0] + q(0, 1) * vecs_[i][1], ids_[i]);
+      std::sort(all.begin(), all.end(), [](auto& a, auto& b) {
+        return a.first > b.first || (a.first == b.first && a.second < b.second);
+      });
+      for (std::size_t j = 0; j < k; ++j) {
+        d(r, j) = j < all.size() ? all[j].first : -INFINITY;
+        l(r, j) = j < all.size() ? all[j].second : kNoItem;
+      }
+      fewest = std::min(fewest, all.size());
     }
-    std::sort(all.begin(), all.end(), [](auto& a, auto& b) {
-      return a.first > b.first || (a.first == b.first && a.second < b.second);
-    });
-    for (std::size_t j = 0; j < k; ++j) {
-      d(0, j) = j < all.size() ? all[j].first : -INFINITY;
-      l(0, j) = j < all.size() ? all[j].second : kNoItem;
-    }
-    return std::min(k, all.size());
+    return fewest;
   }
   void save(const std::filesystem::path& /*path*/) const override {}
 
@@ -253,6 +257,50 @@ TEST_CASE("Pipeline excludes purchased items and builds the user vector from his
   c.exclude_purchased = false;
   user.history = {{.item = 4, .type = EventType::purchase, .ts = 1000}};
   CHECK(w.pipeline(c).recommend(user).items.front().id == 4);
+}
+
+TEST_CASE("Pipeline multi-interest retrieval gives a minor interest its share", "[pipeline]") {
+  const World w;
+  UserContext user;
+  user.now_ts = 1000;
+  // A strong interest around 0-15 degrees (two clicks) and a weak one at
+  // 75 degrees (a view).
+  user.history = {{.item = 1, .type = EventType::click, .ts = 1000},
+                  {.item = 2, .type = EventType::click, .ts = 1000},
+                  {.item = 6, .type = EventType::view, .ts = 1000}};
+  PipelineConfig c = config(2, 2);
+
+  // One vector: (v1 + v2 + 0.25 v6) / 2.25 points at ~14 degrees, so the two
+  // coarse candidates are 2 and 1.
+  const Recommendation single = w.pipeline(c).recommend(user);
+  std::vector<ItemId> got = ids_of(single);
+  std::sort(got.begin(), got.end());
+  CHECK(got == std::vector<ItemId>{1, 2});
+
+  // Two interests: {1, 2} (weight 2/2.25) first, then {6}; round robin takes
+  // the best of each: item 1 (ties with 2 at 7.5 degrees, lower id) and 6.
+  c.interests = 2;
+  const Pipeline p = w.pipeline(c);
+  const Matrix<float> q = p.user_vectors(user);
+  REQUIRE(q.rows() == 2);
+  const double a = 7.5 * M_PI / 180.0;
+  CHECK(q(0, 0) == Approx(std::cos(a)).epsilon(1e-5));
+  CHECK(q(0, 1) == Approx(std::sin(a)).epsilon(1e-5));
+  CHECK(q(1, 0) == Approx(std::cos(75.0 * M_PI / 180.0)).epsilon(1e-5));
+  CHECK(q(1, 1) == Approx(std::sin(75.0 * M_PI / 180.0)).epsilon(1e-5));
+  const Recommendation multi = p.recommend(user);
+  CHECK(multi.candidates == 2);
+  got = ids_of(multi);
+  std::sort(got.begin(), got.end());
+  CHECK(got == std::vector<ItemId>{1, 6});
+
+  // More interests than distinct directions: identical items collapse.
+  c.interests = 8;
+  user.history = {{.item = 3, .type = EventType::click, .ts = 1000},
+                  {.item = 3, .type = EventType::view, .ts = 999}};
+  CHECK(w.pipeline(c).user_vectors(user).rows() == 1);
+  c.interests = 17;
+  CHECK_THROWS_WITH(w.pipeline(c), Contains("interests"));
 }
 
 TEST_CASE("Pipeline rejects inconsistent wiring", "[pipeline]") {

@@ -41,7 +41,13 @@ struct PipelineConfig {
   double history_half_life_s = 7.0 * 86400.0;  ///< recency decay of history weights
   float query_weight = 2.0F;                   ///< weight of the typed query against the history
   bool exclude_purchased = true;               ///< never recommend what the user already bought
-  bool explain = true;                         ///< run the ReasonGenerator
+  /// Multi-interest retrieval: the user's recent history items are grouped
+  /// into at most this many interests (spherical k-means over their
+  /// vectors), each interest becomes one query vector, and the coarse stage
+  /// merges their results round robin (search_merged), so a minor interest
+  /// still gets candidates. 1: one user vector (user_vector()). At most 16.
+  std::size_t interests = 1;
+  bool explain = true;  ///< run the ReasonGenerator
   FusionConfig fusion;
 
   /// @throws Error(invalid_argument) naming the bad field.
@@ -104,9 +110,24 @@ class Pipeline {
   /// @param[out] out dim() floats; all zero when the user has neither.
   void user_vector(const UserContext& user, std::span<float> out) const;
 
+  /// The user's query vectors for multi-interest retrieval (see
+  /// PipelineConfig::interests): the history items of user_vector() are
+  /// grouped by spherical k-means (seeded deterministically with the
+  /// heaviest item, then farthest-first; 8 iterations); each group's
+  /// weighted sum, normalised to weight 1, plus query_weight times the
+  /// query text's vector, normalised, is one row. Rows are ordered by the
+  /// groups' total weight, heaviest first. With interests == 1, or fewer
+  /// than two history items, this is the single row of user_vector().
+  /// @return m x dim() with 1 <= m <= interests
+  [[nodiscard]] Matrix<float> user_vectors(const UserContext& user) const;
+
   [[nodiscard]] const PipelineConfig& config() const noexcept { return config_; }
 
  private:
+  struct WeightedHistory;
+  [[nodiscard]] WeightedHistory weighted_history(const UserContext& user) const;
+  [[nodiscard]] Matrix<float> query_text_vector(const UserContext& user) const;
+
   std::shared_ptr<const Catalog> catalog_;
   std::shared_ptr<const Encoder> encoder_;
   std::shared_ptr<const CoarseRanker> coarse_;

@@ -23,6 +23,7 @@
 #include "funnel/pipeline.hpp"
 #include "funnel/popularity.hpp"
 #include "funnel/reason_generator.hpp"
+#include "funnel/safetensors.hpp"
 #include "funnel/template_reason_generator.hpp"
 #include "funnel/user.hpp"
 #include "funnel/version.hpp"

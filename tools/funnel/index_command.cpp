@@ -2,6 +2,7 @@
 // `funnel index build|search|info`: coarse-ranker indexes on .npy files.
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <unordered_set>
 #include <vector>
 
@@ -216,6 +218,18 @@ std::size_t auto_nlist(std::size_t n, std::size_t train_vectors, std::size_t min
   return nlist;
 }
 
+// The list count of an "IVF<nlist>,..." description; the library parses the
+// rest (and reports what does not parse).
+std::optional<std::size_t> description_nlist(std::string_view description) {
+  if (!description.starts_with("IVF")) return std::nullopt;
+  description.remove_prefix(3);
+  std::size_t nlist = 0;
+  const char* end = description.data() + description.size();
+  const auto [ptr, ec] = std::from_chars(description.data(), end, nlist);
+  if (ec != std::errc() || ptr == description.data()) return std::nullopt;
+  return nlist;
+}
+
 int run_build(const Invocation& invocation) {
   const Args args = Args::parse(kBuildSpec, invocation.words);
   if (args.help()) {
@@ -282,6 +296,14 @@ int run_build(const Invocation& invocation) {
           ",Flat";
     } else {
       config.description = std::string(description);
+    }
+    if (const std::optional<std::size_t> nlist = description_nlist(config.description)) {
+      if (nprobe && *nprobe > *nlist) {
+        args.fail("--nprobe " + std::to_string(*nprobe) + " exceeds the " + std::to_string(*nlist) +
+                  " lists of " + config.description);
+      }
+      // Small indexes have fewer lists than the library's default nprobe.
+      if (*nlist > 0) config.default_nprobe = std::min(config.default_nprobe, *nlist);
     }
     if (nprobe) config.default_nprobe = *nprobe;
     try {

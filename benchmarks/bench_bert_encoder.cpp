@@ -237,6 +237,7 @@ int run(const Options& o) {
     for (const Input& in : inputs) {
       const auto call = [&] { return encoder.forward(in.ids.view(), in.mask.view()); };
       std::string accuracy;
+      std::string accuracy_text;
       const funnel::BertForwardResult first = call();
       const fs::path ref_file = o.ref_dir / ("ort_" + o.model + "_" + std::to_string(in.batch) +
                                              "x" + std::to_string(in.seq) + ".npy");
@@ -246,6 +247,9 @@ int run(const Options& o) {
         std::snprintf(buf, sizeof buf, ",\"max_abs_diff\":%.6g,\"mean_cosine\":%.9f",
                       acc.max_abs_diff, acc.mean_cosine);
         accuracy = buf;
+        std::snprintf(buf, sizeof buf, ", vs ORT: max |diff| %.2e, mean cosine %.6f",
+                      acc.max_abs_diff, acc.mean_cosine);
+        accuracy_text = buf;
       }
 
       for (std::size_t i = 0; i < o.warmup; ++i) (void)call();
@@ -271,9 +275,10 @@ int run(const Options& o) {
                    compute.c_str(), o.model.c_str(), in.batch, in.seq, threads, times_ms.size(),
                    median, p90, tokens_per_s, accuracy.c_str());
       std::fflush(out);
-      std::printf("funnel %s %s %zux%zu t=%zu: median %.2f ms, p90 %.2f ms, %.0f tok/s (%zu runs)%s\n",
-                  compute.c_str(), o.model.c_str(), in.batch, in.seq, threads, median, p90,
-                  tokens_per_s, times_ms.size(), accuracy.c_str());
+      std::printf(
+          "funnel %s %s %zux%zu t=%zu: median %.2f ms, p90 %.2f ms, %.0f tok/s (%zu runs)%s\n",
+          compute.c_str(), o.model.c_str(), in.batch, in.seq, threads, median, p90, tokens_per_s,
+          times_ms.size(), accuracy_text.c_str());
     }
     rss_anon_kib = std::max(rss_anon_kib, status_kib("RssAnon"));
     rss_file_kib = std::max(rss_file_kib, status_kib("RssFile"));

@@ -7,7 +7,8 @@
 //
 // Counter "ns_per_row": nanoseconds per scored row (per query-row pair for
 // the GEMM benchmarks). Lists of 1,000 rows stay in L2 after the first
-// pass (64 rows at dim 128 stay in L1); lists of 20,000 rows (10 MB at dim 128) come from L3 or memory.
+// pass (64 rows at dim 128 stay in L1); lists of 20,000 rows (10 MB at dim 128) come from L3 or
+// memory.
 
 #include <cstddef>
 #include <cstdint>
@@ -57,7 +58,7 @@ void bm_scan(benchmark::State& state) {
   std::vector<float> out(n);
   if (code == Code::f32) {
     const auto fn = inner_product ? k.dot_f32 : k.l2_f32;
-    for (auto _ : state) {
+    while (state.KeepRunning()) {
       fn(query.data(), rows.data(), n, dim, out.data());
       benchmark::DoNotOptimize(out.data());
       benchmark::ClobberMemory();
@@ -66,7 +67,7 @@ void bm_scan(benchmark::State& state) {
     std::vector<std::uint16_t> codes(n * dim);
     for (std::size_t i = 0; i < codes.size(); ++i) codes[i] = ivf::float_to_half(rows[i]);
     const auto fn = inner_product ? k.dot_f16 : k.l2_f16;
-    for (auto _ : state) {
+    while (state.KeepRunning()) {
       fn(query.data(), codes.data(), n, dim, out.data());
       benchmark::DoNotOptimize(out.data());
       benchmark::ClobberMemory();
@@ -80,7 +81,7 @@ void bm_scan(benchmark::State& state) {
     const std::vector<float> vdiff(dim, 2.0F);
     ivf::Sq8Query prepared;
     ivf::prepare_sq8(query.data(), vmin.data(), vdiff.data(), dim, inner_product, prepared);
-    for (auto _ : state) {
+    while (state.KeepRunning()) {
       if (inner_product) {
         k.dot_sq8(prepared.w.data(), prepared.base, codes.data(), n, dim, out.data());
       } else {
@@ -125,7 +126,7 @@ void bm_gemm(benchmark::State& state) {
   const std::vector<float> b = random_floats(n * dim, 4);
   std::vector<float> c(m * n);
   const ivf::Kernels& k = ivf::kernels_for(ivf::resolve(IvfKernel::automatic));
-  for (auto _ : state) {
+  while (state.KeepRunning()) {
     switch (method) {
       case Gemm::onednn: ivf::gemm_nt(a.data(), m, b.data(), n, dim, c.data(), n); break;
       case Gemm::tiled:

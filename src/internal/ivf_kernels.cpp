@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define FUNNEL_IVF_X86 1
 #else
@@ -25,105 +26,111 @@ namespace funnel::detail::ivf {
 
 namespace {
 
+// What the kernels add up per component, given the query vectors a (and b)
+// and the decoded component x.
+enum class Mode {
+  dot,        // a * x
+  l2,         // (a - x)^2
+  l2_scaled,  // (a - b * x)^2   (SQ8 L2: a = r, b = s)
+};
+
 // ---------------------------------------------------------------------------
 // Portable kernels. Each row is summed in kLanes independent partial sums so
 // that the compiler may vectorise the reduction without -ffast-math (the
-// partial sums are an explicit reassociation, not one the compiler invents).
+// partial sums are an explicit reassociation, not one the compiler invents),
+// and a chunk of codes is decoded into floats in a loop of its own, free of
+// branches, so that the decoding vectorises too.
 
 constexpr std::size_t kLanes = 8;
+using Lanes = std::array<float, kLanes>;
 
-float sum_lanes(const std::array<float, kLanes>& acc) {
+// IEEE binary16 -> float without branches (see half_to_float).
+inline float decode_half(std::uint16_t value) {
+  const std::uint32_t magnitude = value & 0x7FFFU;
+  const std::uint32_t sign = (static_cast<std::uint32_t>(value) & 0x8000U) << 16U;
+  // All-ones masks rather than conditionals: the vectoriser turns these
+  // into vector compares and blends.
+  const std::uint32_t special = 0U - static_cast<std::uint32_t>(magnitude >= 0x7C00U);
+  const std::uint32_t nan = 0U - static_cast<std::uint32_t>(magnitude > 0x7C00U);
+  const std::uint32_t tiny = 0U - static_cast<std::uint32_t>(magnitude < 0x0400U);
+  // Normal numbers: the exponent rebiased from 15 to 127; infinity and NaN:
+  // exponent 255, payload kept, NaN made quiet.
+  std::uint32_t bits = (magnitude << 13U) + 0x38000000U + (special & 0x38000000U);
+  bits |= nan & 0x400000U;
+  // Zero and subnormals: mantissa * 2^-24, exact in float (and a normal
+  // float, so flush-to-zero modes leave it alone).
+  const auto small = std::bit_cast<std::uint32_t>(static_cast<float>(magnitude) * 0x1p-24F);
+  bits = (small & tiny) | (bits & ~tiny);
+  return std::bit_cast<float>(bits | sign);
+}
+
+inline float decode(float x) { return x; }
+inline float decode(std::uint16_t x) { return decode_half(x); }
+inline float decode(std::uint8_t x) { return static_cast<float>(x); }
+
+// acc[l] += term(a[l], b[l], x[l]) for l < count.
+template <Mode kMode>
+inline void accumulate(const float* a, const float* b, const Lanes& x, std::size_t count,
+                       Lanes& acc) {
+  for (std::size_t l = 0; l < count; ++l) {
+    if constexpr (kMode == Mode::dot) {
+      acc[l] += a[l] * x[l];
+    } else if constexpr (kMode == Mode::l2) {
+      const float d = a[l] - x[l];
+      acc[l] += d * d;
+    } else {
+      const float d = a[l] - b[l] * x[l];
+      acc[l] += d * d;
+    }
+  }
+}
+
+template <Mode kMode, class Code>
+float row_portable(const float* a, const float* b, const Code* codes, std::size_t dim) {
+  Lanes acc{};
+  Lanes x{};
+  std::size_t j = 0;
+  for (; j + kLanes <= dim; j += kLanes) {
+    for (std::size_t l = 0; l < kLanes; ++l) x[l] = decode(codes[j + l]);
+    accumulate<kMode>(a + j, kMode == Mode::l2_scaled ? b + j : nullptr, x, kLanes, acc);
+  }
+  const std::size_t rest = dim - j;
+  for (std::size_t l = 0; l < rest; ++l) x[l] = decode(codes[j + l]);
+  accumulate<kMode>(a + j, kMode == Mode::l2_scaled ? b + j : nullptr, x, rest, acc);
   return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
-// Decoders from a stored code to the float it stands for.
-struct DecodeF32 {
-  float operator()(float x) const { return x; }
-};
-struct DecodeF16 {
-  float operator()(std::uint16_t x) const { return half_to_float(x); }
-};
-struct DecodeU8 {
-  float operator()(std::uint8_t x) const { return static_cast<float>(x); }
-};
-
-// sum_j a[j] * decode(x[j])
-template <class Code, class Decode>
-float dot_row(const float* a, const Code* x, std::size_t dim, Decode decode) {
-  std::array<float, kLanes> acc{};
-  std::size_t j = 0;
-  for (; j + kLanes <= dim; j += kLanes) {
-    for (std::size_t l = 0; l < kLanes; ++l) acc[l] += a[j + l] * decode(x[j + l]);
+template <Mode kMode, class Code>
+void scan_portable(const float* a, const float* b, float base, const Code* codes, std::size_t n,
+                   std::size_t dim, float* out) {
+  for (std::size_t i = 0; i < n; ++i) {
+    out[i] = base + row_portable<kMode>(a, b, codes + i * dim, dim);
   }
-  for (std::size_t l = 0; j < dim; ++j, ++l) acc[l] += a[j] * decode(x[j]);
-  return sum_lanes(acc);
-}
-
-// sum_j (a[j] - decode(x[j]))^2
-template <class Code, class Decode>
-float l2_row(const float* a, const Code* x, std::size_t dim, Decode decode) {
-  std::array<float, kLanes> acc{};
-  std::size_t j = 0;
-  for (; j + kLanes <= dim; j += kLanes) {
-    for (std::size_t l = 0; l < kLanes; ++l) {
-      const float d = a[j + l] - decode(x[j + l]);
-      acc[l] += d * d;
-    }
-  }
-  for (std::size_t l = 0; j < dim; ++j, ++l) {
-    const float d = a[j] - decode(x[j]);
-    acc[l] += d * d;
-  }
-  return sum_lanes(acc);
-}
-
-// sum_j (r[j] - s[j] * x[j])^2
-float l2_sq8_row(const float* r, const float* s, const std::uint8_t* x, std::size_t dim) {
-  std::array<float, kLanes> acc{};
-  std::size_t j = 0;
-  for (; j + kLanes <= dim; j += kLanes) {
-    for (std::size_t l = 0; l < kLanes; ++l) {
-      const float d = r[j + l] - s[j + l] * static_cast<float>(x[j + l]);
-      acc[l] += d * d;
-    }
-  }
-  for (std::size_t l = 0; j < dim; ++j, ++l) {
-    const float d = r[j] - s[j] * static_cast<float>(x[j]);
-    acc[l] += d * d;
-  }
-  return sum_lanes(acc);
 }
 
 void dot_f32_portable(const float* query, const float* rows, std::size_t n, std::size_t dim,
                       float* out) {
-  for (std::size_t i = 0; i < n; ++i) out[i] = dot_row(query, rows + i * dim, dim, DecodeF32{});
+  scan_portable<Mode::dot>(query, nullptr, 0.0F, rows, n, dim, out);
 }
-
 void l2_f32_portable(const float* query, const float* rows, std::size_t n, std::size_t dim,
                      float* out) {
-  for (std::size_t i = 0; i < n; ++i) out[i] = l2_row(query, rows + i * dim, dim, DecodeF32{});
+  scan_portable<Mode::l2>(query, nullptr, 0.0F, rows, n, dim, out);
 }
-
 void dot_f16_portable(const float* query, const std::uint16_t* codes, std::size_t n,
                       std::size_t dim, float* out) {
-  for (std::size_t i = 0; i < n; ++i) out[i] = dot_row(query, codes + i * dim, dim, DecodeF16{});
+  scan_portable<Mode::dot>(query, nullptr, 0.0F, codes, n, dim, out);
 }
-
 void l2_f16_portable(const float* query, const std::uint16_t* codes, std::size_t n, std::size_t dim,
                      float* out) {
-  for (std::size_t i = 0; i < n; ++i) out[i] = l2_row(query, codes + i * dim, dim, DecodeF16{});
+  scan_portable<Mode::l2>(query, nullptr, 0.0F, codes, n, dim, out);
 }
-
 void dot_sq8_portable(const float* w, float base, const std::uint8_t* codes, std::size_t n,
                       std::size_t dim, float* out) {
-  for (std::size_t i = 0; i < n; ++i) {
-    out[i] = base + dot_row(w, codes + i * dim, dim, DecodeU8{});
-  }
+  scan_portable<Mode::dot>(w, nullptr, base, codes, n, dim, out);
 }
-
 void l2_sq8_portable(const float* r, const float* s, const std::uint8_t* codes, std::size_t n,
                      std::size_t dim, float* out) {
-  for (std::size_t i = 0; i < n; ++i) out[i] = l2_sq8_row(r, s, codes + i * dim, dim);
+  scan_portable<Mode::l2_scaled>(r, s, 0.0F, codes, n, dim, out);
 }
 
 constexpr Kernels kPortable{
@@ -145,14 +152,6 @@ constexpr Kernels kPortable{
 // a row's distance does not depend on its position in the list.
 
 #if FUNNEL_IVF_X86
-
-// What the kernels add up per component, given the query vectors a (and b)
-// and the decoded component x.
-enum class Mode {
-  dot,        // a * x
-  l2,         // (a - x)^2
-  l2_scaled,  // (a - b * x)^2   (SQ8 L2: a = r, b = s)
-};
 
 // ----- AVX-512 (F for arithmetic and fp16 conversion, BW/VL for masked
 // 8- and 16-bit loads of the last, partial chunk of a row).
@@ -573,6 +572,20 @@ class SingleOmpThread {
   int saved_;
 };
 
+#if FUNNEL_IVF_X86
+// CPUID rather than __builtin_cpu_supports("f16c"), which not every
+// compiler knows. (AVX2 being usable already implies that the OS saves the
+// YMM state that F16C needs.)
+bool cpu_has_f16c() {
+  unsigned eax = 0;
+  unsigned ebx = 0;
+  unsigned ecx = 0;
+  unsigned edx = 0;
+  if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0) return false;
+  return (ecx & bit_F16C) != 0;
+}
+#endif
+
 }  // namespace
 
 bool supported(IvfKernel isa) {
@@ -582,7 +595,7 @@ bool supported(IvfKernel isa) {
 #if FUNNEL_IVF_X86
     case IvfKernel::avx2:
       return __builtin_cpu_supports("avx2") != 0 && __builtin_cpu_supports("fma") != 0 &&
-             __builtin_cpu_supports("f16c") != 0;
+             cpu_has_f16c();
     case IvfKernel::avx512:
       return __builtin_cpu_supports("avx512f") != 0 && __builtin_cpu_supports("avx512bw") != 0 &&
              __builtin_cpu_supports("avx512vl") != 0;
@@ -674,22 +687,7 @@ std::uint16_t float_to_half(float value) {
   return static_cast<std::uint16_t>(sign | half);
 }
 
-float half_to_float(std::uint16_t value) {
-  const std::uint32_t sign = (static_cast<std::uint32_t>(value) & 0x8000U) << 16U;
-  const std::uint32_t exponent = (value >> 10U) & 0x1FU;
-  const std::uint32_t mantissa = value & 0x3FFU;
-  if (exponent == 0x1FU) {
-    if (mantissa == 0) return std::bit_cast<float>(sign | 0x7F800000U);
-    return std::bit_cast<float>(sign | 0x7FC00000U | (mantissa << 13U));  // quiet NaN
-  }
-  if (exponent == 0) {
-    // Subnormal or zero: mantissa * 2^-24, exact in float (and a normal
-    // float, so it is unaffected by flush-to-zero modes).
-    const float magnitude = static_cast<float>(mantissa) * 0x1p-24F;
-    return sign != 0 ? -magnitude : magnitude;
-  }
-  return std::bit_cast<float>(sign | ((exponent + 112U) << 23U) | (mantissa << 13U));
-}
+float half_to_float(std::uint16_t value) { return decode_half(value); }
 
 void gemm_nt(const float* a, std::size_t m, const float* b, std::size_t n, std::size_t dim,
              float* c, std::size_t ldc) {

@@ -92,9 +92,9 @@ CharAction classify(char32_t cp, bool split_cjk) {
     case UTF8PROC_CATEGORY_CF:
     case UTF8PROC_CATEGORY_CS:
     case UTF8PROC_CATEGORY_CO: return CharAction::drop;
-    case UTF8PROC_CATEGORY_ZS: return CharAction::space;
-    // Not whitespace for BERT's clean-up, but Python's str.split() (its
-    // whitespace_tokenize) separates on them.
+    // Zl and Zp (U+2028, U+2029) are not whitespace for BERT's clean-up,
+    // but Python's str.split() (its whitespace_tokenize) separates on them.
+    case UTF8PROC_CATEGORY_ZS:
     case UTF8PROC_CATEGORY_ZL:
     case UTF8PROC_CATEGORY_ZP: return CharAction::space;
     default: break;
@@ -256,7 +256,7 @@ struct Scratch {
   std::string piece;              // one basic token
   std::vector<std::int32_t> ids;  // WordPiece ids of one basic token
   std::vector<std::uint64_t> prefix_hashes;
-  std::vector<std::int32_t> encoded;  // encode()'s result before the copy
+  std::vector<std::int32_t> encoded;  // encode()'s result before the copy out
 };
 
 Scratch& scratch() {
@@ -388,8 +388,9 @@ struct BertTokenizer::Impl {
   void wordpiece_into(std::string_view word, std::size_t n_chars, std::vector<std::int32_t>& out,
                       std::vector<std::uint64_t>& prefix_hashes) const;
 
-  std::size_t encode_to(std::string_view text, std::size_t text_index, std::int32_t* out,
-                        std::size_t limit) const;
+  // [CLS] tokens [SEP] into out (cleared), at most `limit` ids.
+  void encode_to(std::string_view text, std::size_t text_index, std::size_t limit,
+                 std::vector<std::int32_t>& out) const;
 };
 
 BertTokenizer::Impl::Impl(std::vector<std::string> tokens, BertTokenizerConfig cfg, ErrorCode code,
@@ -586,28 +587,26 @@ void BertTokenizer::Impl::wordpiece_into(std::string_view word, std::size_t n_ch
   }
 }
 
-std::size_t BertTokenizer::Impl::encode_to(std::string_view text, std::size_t text_index,
-                                           std::int32_t* out, std::size_t limit) const {
+void BertTokenizer::Impl::encode_to(std::string_view text, std::size_t text_index,
+                                    std::size_t limit, std::vector<std::int32_t>& out) const {
   assert(limit >= 2);
   if (const auto bad = detail::find_invalid_utf8(text))
     detail::fail(ErrorCode::invalid_argument, "BertTokenizer: text ", text_index,
                  ": invalid UTF-8 at byte ", *bad);
-  out[0] = cls;
-  std::size_t n = 1;
+  out.clear();
+  out.push_back(cls);
   const std::size_t cap = limit - 1;  // the last slot is [SEP]'s
-  if (n < cap) {
+  if (out.size() < cap) {
     Scratch& s = scratch();
     basic(text, s, [&](std::string_view token, std::size_t n_chars) {
       s.ids.clear();
       wordpiece_into(token, n_chars, s.ids, s.prefix_hashes);
-      const std::size_t take = std::min(s.ids.size(), cap - n);
-      std::copy_n(s.ids.begin(), take, out + n);
-      n += take;
-      return n < cap;
+      const std::size_t take = std::min(s.ids.size(), cap - out.size());
+      out.insert(out.end(), s.ids.begin(), s.ids.begin() + static_cast<std::ptrdiff_t>(take));
+      return out.size() < cap;
     });
   }
-  out[n++] = sep;
-  return n;
+  out.push_back(sep);
 }
 
 // ---------------------------------------------------------------------------
@@ -755,18 +754,19 @@ std::vector<std::string> BertTokenizer::tokenize(std::string_view text) const {
 
 std::vector<std::int32_t> BertTokenizer::encode(std::string_view text,
                                                 std::size_t text_index) const {
-  std::vector<std::int32_t>& buffer = scratch().encoded;
-  buffer.resize(impl_->config.max_length);
-  const std::size_t n = impl_->encode_to(text, text_index, buffer.data(), buffer.size());
-  return {buffer.begin(), buffer.begin() + static_cast<std::ptrdiff_t>(n)};
+  std::vector<std::int32_t>& ids = scratch().encoded;
+  impl_->encode_to(text, text_index, impl_->config.max_length, ids);
+  return ids;
 }
 
 std::size_t BertTokenizer::encode_into(std::string_view text, std::span<std::int32_t> out,
                                        std::size_t text_index) const {
   detail::require(out.size() >= 2, "BertTokenizer::encode_into: text ", text_index,
                   ": output buffer holds ", out.size(), " ids, needs at least 2 ([CLS] [SEP])");
-  return impl_->encode_to(text, text_index, out.data(),
-                          std::min(out.size(), impl_->config.max_length));
+  std::vector<std::int32_t>& ids = scratch().encoded;
+  impl_->encode_to(text, text_index, std::min(out.size(), impl_->config.max_length), ids);
+  std::copy(ids.begin(), ids.end(), out.begin());
+  return ids.size();
 }
 
 std::size_t BertTokenizer::vocab_size() const noexcept { return impl_->vocab.size(); }

@@ -2,8 +2,10 @@
 // Every expectation below is written by hand from BERT's tokenization rules
 // (see include/funnel/bert_tokenizer.hpp), never from this code's output.
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -21,14 +23,14 @@ using Ids = std::vector<std::int32_t>;
 
 namespace {
 
-const Tokens kSpecials = {"[PAD]", "[UNK]", "[CLS]", "[SEP]"};
+Tokens specials() { return {"[PAD]", "[UNK]", "[CLS]", "[SEP]"}; }
 
 // A tokenizer whose vocabulary is the four specials (ids 0-3) then `words`
 // (ids 4, 5, ...).
 BertTokenizer make_tokenizer(const Tokens& words = {}, BertTokenizerConfig config = {}) {
-  Tokens vocab = kSpecials;
+  Tokens vocab = specials();
   vocab.insert(vocab.end(), words.begin(), words.end());
-  return {vocab, config};
+  return {std::move(vocab), std::move(config)};
 }
 
 BertTokenizerConfig cased() {
@@ -275,6 +277,9 @@ TEST_CASE("encode: [CLS] tokens [SEP], truncated to max_length", "[bert_tokenize
   CHECK(make_tokenizer(words, config).encode("abbbx") == Ids{2, 1, 3});
   config.max_length = 2;
   CHECK(make_tokenizer(words, config).encode("unaffable!") == Ids{2, 3});
+  // No truncation in practice; nothing is sized by max_length up front.
+  config.max_length = std::numeric_limits<std::size_t>::max();
+  CHECK(make_tokenizer(words, config).encode("unaffable!") == Ids{2, 4, 5, 6, 7, 3});
 
   // encode_into truncates to the smaller of the buffer and max_length.
   std::vector<std::int32_t> out(3, -7);
@@ -324,7 +329,7 @@ TEST_CASE("vocabulary errors name the token and line", "[bert_tokenizer]") {
 
   BertTokenizerConfig custom;
   custom.unk_token = "<unk>";
-  CHECK_THAT(message(kSpecials, custom), Catch::Contains("<unk>"));
+  CHECK_THAT(message(specials(), custom), Catch::Contains("<unk>"));
   const BertTokenizer tok({"<unk>", "[CLS]", "[SEP]", "[PAD]"}, custom);
   CHECK(tok.unk_id() == 0);
   CHECK(tok.pad_id() == 3);

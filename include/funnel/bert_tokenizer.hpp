@@ -18,9 +18,9 @@
 ///     of its own. The ranges are BERT's: U+4E00-9FFF, U+3400-4DBF,
 ///     U+20000-2A6DF, U+2A700-2B73F, U+2B740-2B81F, U+2B820-2CEAF, U+F900-FAFF,
 ///     U+2F800-2FA1F. Hangul, kana and the other scripts are not split.
-///  3. Canonical composition (NFC), as the Hugging Face slow tokenizer does
-///     since 2023 (it only matters when accents are kept: decomposed input
-///     then matches composed vocabulary entries, and CJK compatibility
+///  3. Canonical composition (NFC), as the current Hugging Face slow
+///     tokenizer does (it only matters when accents are kept: decomposed
+///     input then matches composed vocabulary entries, and CJK compatibility
 ///     ideographs map to their unified forms).
 ///  4. Whitespace splitting: on spaces and on U+2028/U+2029 (which Python's
 ///     str.split() also treats as whitespace).
@@ -39,14 +39,16 @@
 ///     completely, or that is longer than max_input_chars_per_word code
 ///     points, becomes one [UNK].
 ///
-/// Differences from the Hugging Face tokenizers, all deliberate: the text is
-/// always plain text (a literal "[SEP]" in a text is tokenized as '[', "sep",
-/// ']', as Google's tokenizer does, never as the special token); Unicode
-/// properties come from utf8proc (its Unicode version may differ from the
-/// Python that produced a checkpoint for code points assigned in between);
-/// the Final_Sigma rule uses cased = letters of category Lu, Ll, Lt or with a
-/// case mapping, which differs from Python's Cased property only for a few
-/// rare symbols (e.g. 'ª').
+/// Differences from the Hugging Face slow tokenizer, all deliberate: the
+/// text is always plain text (a literal "[SEP]" in a text is tokenized as
+/// '[', "sep", ']', as Google's tokenizer does, never as the special token);
+/// Unicode properties come from utf8proc (its Unicode version may differ
+/// from the Python that produced a checkpoint, for code points assigned in
+/// between); Python's Cased and Case_Ignorable properties, which the
+/// Final_Sigma rule needs, are rebuilt from categories, case mappings and
+/// short lists of exceptions. The Hugging Face fast tokenizer differs from
+/// both in two rare cases: it applies no NFC and lower-cases 'Σ' to 'σ'
+/// everywhere.
 ///
 /// Threading: immutable after construction; every const method may run
 /// concurrently from many threads (each thread reuses its own scratch

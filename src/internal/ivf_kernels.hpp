@@ -63,7 +63,8 @@ struct Kernels {
   L2Sq8Fn l2_sq8 = nullptr;
 };
 
-// Whether this CPU and build can run `isa` (automatic and portable: true).
+// Whether this CPU and build can run `isa` (automatic and portable: true;
+// avx2 needs AVX2, FMA and F16C; avx512 needs AVX-512 F, BW and VL).
 bool supported(IvfKernel isa);
 
 // `isa` resolved: automatic becomes the best supported one.
@@ -83,7 +84,10 @@ struct Sq8Query {
 void prepare_sq8(const float* query, const float* vmin, const float* vdiff, std::size_t dim,
                  bool inner_product, Sq8Query& out);
 
-// IEEE binary16 <-> float, round to nearest even (as FAISS's encode).
+// IEEE binary16 <-> float, round to nearest even (as FAISS's encode),
+// bit for bit as the F16C instructions: overflow (>= 65520) gives infinity,
+// subnormals both ways are exact or correctly rounded, a NaN stays a NaN of
+// the same sign and leading payload bits, made quiet.
 std::uint16_t float_to_half(float value);
 float half_to_float(std::uint16_t value);
 

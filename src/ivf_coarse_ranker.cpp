@@ -979,7 +979,7 @@ std::string_view to_string(IvfKernel kernel) noexcept {
 IvfCoarseRanker::IvfCoarseRanker(std::unique_ptr<State> state) : state_(std::move(state)) {}
 IvfCoarseRanker::~IvfCoarseRanker() = default;
 
-std::unique_ptr<IvfCoarseRanker> IvfCoarseRanker::train(IvfCoarseRankerConfig config,
+std::unique_ptr<IvfCoarseRanker> IvfCoarseRanker::train(const IvfCoarseRankerConfig& config,
                                                         MatrixView<const float> sample) {
   config.validate();
   const Description desc = description_of(config);
@@ -1011,9 +1011,9 @@ std::unique_ptr<IvfCoarseRanker> IvfCoarseRanker::train(IvfCoarseRankerConfig co
       new IvfCoarseRanker(build_state(config, desc, clustering.centroids, subset)));
 }
 
-std::unique_ptr<IvfCoarseRanker> IvfCoarseRanker::with_centroids(IvfCoarseRankerConfig config,
-                                                                 MatrixView<const float> centroids,
-                                                                 MatrixView<const float> sample) {
+std::unique_ptr<IvfCoarseRanker> IvfCoarseRanker::with_centroids(
+    const IvfCoarseRankerConfig& config, MatrixView<const float> centroids,
+    MatrixView<const float> sample) {
   config.validate();
   const Description desc = description_of(config);
   detail::require(centroids.rows == desc.nlist && centroids.cols == config.dim,

@@ -359,8 +359,9 @@ void fix_sidecar(const std::filesystem::path& path,
 }
 
 // For GENERATE: descriptions as std::string values.
-Catch::Generators::GeneratorWrapper<std::string> descriptions(std::vector<std::string> list) {
-  return Catch::Generators::from_range(std::move(list));
+Catch::Generators::GeneratorWrapper<std::string> descriptions(
+    const std::vector<std::string>& list) {
+  return Catch::Generators::from_range(list);
 }
 
 // Every code type.
@@ -419,8 +420,8 @@ TEST_CASE("Flat lists equal brute force over the probed lists", "[ivf]") {
   // A plain SearchParams (or none) uses default_nprobe too.
   Result plain;
   plain.k = 10;
-  plain.distances.resize(20 * 10);
-  plain.labels.resize(20 * 10);
+  plain.distances.resize(std::size_t{200});
+  plain.labels.resize(std::size_t{200});
   plain.returned =
       ranker->search(view(queries, kDim), 10, MatrixView<float>(plain.distances.data(), 20, 10),
                      MatrixView<ItemId>(plain.labels.data(), 20, 10));
@@ -982,10 +983,10 @@ TEST_CASE("damaged or inconsistent files are clear errors", "[ivf][io]") {
       {"description", "HNSW32"},
       {"default_nprobe", 0},
   };
-  for (const auto& [key, value] : edits) {
-    CAPTURE(key, value.dump());
+  for (const auto& edit : edits) {
+    CAPTURE(edit.first, edit.second.dump());
     restore();
-    fix_sidecar(path, [&](nlohmann::json& doc) { doc[key] = value; });
+    fix_sidecar(path, [&edit](nlohmann::json& doc) { doc[edit.first] = edit.second; });
     CHECK(code_of(load) == ErrorCode::format);
   }
   restore();
@@ -1042,20 +1043,20 @@ TEST_CASE("a failed save leaves the old files intact", "[ivf][io]") {
 TEST_CASE("concurrent searches, adds and removes", "[ivf][concurrency]") {
   constexpr std::size_t kStable = 1500;
   constexpr std::size_t kChurn = 400;
-  constexpr std::size_t dim = 16;
-  const auto stable = clustered_vectors(kStable, dim, 33);
-  const auto churn = clustered_vectors(kChurn, dim, 34);
-  const auto fresh = clustered_vectors(2000, dim, 35);
-  IvfCoarseRankerConfig config = make_config("IVF8,Flat", Metric::l2, dim, 2);
+  constexpr std::size_t kStressDim = 16;
+  const auto stable = clustered_vectors(kStable, kStressDim, 33);
+  const auto churn = clustered_vectors(kChurn, kStressDim, 34);
+  const auto fresh = clustered_vectors(2000, kStressDim, 35);
+  IvfCoarseRankerConfig config = make_config("IVF8,Flat", Metric::l2, kStressDim, 2);
   config.default_nprobe = 8;
   // No k-means (FAISS's OpenMP is invisible to ThreadSanitizer): the first
   // stable vectors are the centroids.
-  auto ranker =
-      IvfCoarseRanker::with_centroids(config, MatrixView<const float>(stable.data(), 8, dim));
-  ranker->add(view(stable, dim), scattered_ids(kStable, 0));
+  auto ranker = IvfCoarseRanker::with_centroids(
+      config, MatrixView<const float>(stable.data(), 8, kStressDim));
+  ranker->add(view(stable, kStressDim), scattered_ids(kStable, 0));
   std::vector<ItemId> churn_ids(kChurn);
   for (std::size_t i = 0; i < kChurn; ++i) churn_ids[i] = 100000 + static_cast<ItemId>(i);
-  ranker->add(view(churn, dim), churn_ids);
+  ranker->add(view(churn, kStressDim), churn_ids);
 
   const auto duration = std::chrono::milliseconds(kThreadSanitizer ? 300 : 1000);
   std::atomic<std::size_t> removed_upto{0};  // churn[0, removed_upto) are gone for good
@@ -1075,8 +1076,8 @@ TEST_CASE("concurrent searches, adds and removes", "[ivf][concurrency]") {
       std::vector<float> queries;
       for (std::size_t q = 0; q < nq; ++q) {
         const std::size_t at = before == 0 ? rng() % kChurn : rng() % before;
-        queries.insert(queries.end(), churn.begin() + static_cast<std::ptrdiff_t>(at * dim),
-                       churn.begin() + static_cast<std::ptrdiff_t>((at + 1) * dim));
+        queries.insert(queries.end(), churn.begin() + static_cast<std::ptrdiff_t>(at * kStressDim),
+                       churn.begin() + static_cast<std::ptrdiff_t>((at + 1) * kStressDim));
       }
       const bool filtered = rng() % 2 == 0;
       const Result r = run_search(*ranker, queries, 8, 0, filtered ? &even : nullptr);
@@ -1099,7 +1100,8 @@ TEST_CASE("concurrent searches, adds and removes", "[ivf][concurrency]") {
     for (std::size_t b = 0; b * 10 < 2000 && !stop.load(); ++b) {
       std::vector<ItemId> batch(10);
       for (std::size_t i = 0; i < 10; ++i) batch[i] = 500000 + static_cast<ItemId>(b * 10 + i);
-      ranker->add(MatrixView<const float>(fresh.data() + b * 10 * dim, 10, dim), batch);
+      ranker->add(MatrixView<const float>(fresh.data() + b * 10 * kStressDim, 10, kStressDim),
+                  batch);
       added.fetch_add(10);
       std::this_thread::sleep_for(std::chrono::microseconds(300));
     }

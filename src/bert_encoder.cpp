@@ -267,7 +267,9 @@ struct BertEncoder::Impl {
 
   // Arithmetic of each stage.
   Dt linear_in = Dt::f32;                             // inputs of the linear layers (f32, bf16, u8)
-  Dt att = Dt::f32;                                   // q, k, v, probabilities and context
+  Dt att = Dt::f32;                                   // q, k, v and attention probabilities
+  Dt ctx = Dt::f32;                                   // attention output (before int8 quantization)
+  Dt ffn_out = Dt::f32;                               // GELU output (before int8 quantization)
   std::array<memory::desc, kLinearKinds> weights_md;  // what the linear primitives read
   std::array<std::size_t, kLinearKinds> linear_k{}, linear_n{};
 
@@ -372,14 +374,20 @@ void BertEncoder::Impl::load() {
       att = Dt::bf16;
       break;
     case BertComputeType::int8:
+      // Attention stays in floating point; bf16 where the CPU has it.
       linear_in = Dt::u8;
-      att = Dt::f32;
+      att = BertEncoder::cpu_supports(BertComputeType::bf16) ? Dt::bf16 : Dt::f32;
       break;
     default:
       linear_in = Dt::f32;
       att = Dt::f32;
       break;
   }
+
+  ctx = linear_in == Dt::u8 ? Dt::f32 : att;
+  // int8 quantizes the GELU output per call; bf16 halves the bytes of that
+  // pass where the CPU has bf16.
+  ffn_out = linear_in == Dt::f32 ? Dt::f32 : linear_in == Dt::bf16 ? Dt::bf16 : att;
 
   const fs::path st_path = model_dir / "model.safetensors";
   if (!fs::exists(st_path)) {
@@ -440,7 +448,7 @@ dnnl::matmul::primitive_desc BertEncoder::Impl::linear_pd(LinearKind kind, std::
   const auto mm = static_cast<memory::dim>(m);
   Dt out = Dt::f32;
   if (kind == LinearKind::qkv) out = att;
-  if (kind == LinearKind::ffn1 && linear_in == Dt::bf16) out = Dt::bf16;
+  if (kind == LinearKind::ffn1) out = ffn_out;
   const memory::desc src_md({mm, k}, linear_in, Tag::ab);
   const memory::desc dst_md({mm, n}, out, Tag::ab);
   dnnl::post_ops ops;
@@ -471,6 +479,14 @@ void BertEncoder::Impl::prepare_linear(LinearWeights& lw, LinearKind kind,
   FloatParam w = w_storage.empty() ? std::move(w_view) : FloatParam::own(std::move(w_storage));
   assert(w.size() == k * n);
   const memory::dims kn{static_cast<memory::dim>(k), static_cast<memory::dim>(n)};
+  if (linear_in == Dt::f32 && weights_md[ki] != memory::desc(kn, Dt::f32, Tag::ba)) {
+    memory src({kn, Dt::f32, Tag::ba}, engine, const_cast<float*>(w.data()));
+    lw.w_mem = memory(weights_md[ki], engine);
+    dnnl::stream s0(engine);
+    dnnl::reorder(src, lw.w_mem).execute(s0, src, lw.w_mem);
+    s0.wait();
+    return;
+  }
   if (linear_in == Dt::f32) {
     // Plain [out, in] layout read in place: no copy of mapped F32 weights.
     lw.w_f32 = std::move(w);
@@ -532,11 +548,15 @@ void BertEncoder::Impl::load_weights() {
   for (std::size_t ki = 0; ki < kLinearKinds; ++ki) {
     const memory::dims kn{static_cast<memory::dim>(linear_k[ki]),
                           static_cast<memory::dim>(linear_n[ki])};
-    if (linear_in == Dt::f32) {
+    if (linear_in == Dt::f32 && !config.fp32_prepack) {
       weights_md[ki] = memory::desc(kn, Dt::f32, Tag::ba);
     } else {
       // Let oneDNN pick its blocked layout once; every M then reuses it.
-      const memory::desc any(kn, linear_in == Dt::bf16 ? Dt::bf16 : Dt::s8, Tag::any);
+      const memory::desc any(kn,
+                             linear_in == Dt::bf16  ? Dt::bf16
+                             : linear_in == Dt::f32 ? Dt::f32
+                                                    : Dt::s8,
+                             Tag::any);
       weights_md[ki] = linear_pd(static_cast<LinearKind>(ki), kChunkRows, any).weights_desc();
     }
   }
@@ -634,7 +654,7 @@ std::shared_ptr<const Primitive> BertEncoder::Impl::attention_primitive(bool sco
     }
     return dnnl::matmul::primitive_desc(dnnl::matmul::desc(memory::desc({b, l, l}, att, Tag::abc),
                                                            memory::desc({b, l, dh}, att, Tag::abc),
-                                                           memory::desc({b, l, dh}, att, Tag::abc)),
+                                                           memory::desc({b, l, dh}, ctx, Tag::abc)),
                                         attr, engine);
   });
 }
@@ -704,6 +724,8 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
   // zero so that the padded rows of every product are finite and unused.
   const std::size_t esz_in = dt_size(linear_in);
   const std::size_t esz_att = dt_size(att);
+  const std::size_t esz_ctx = dt_size(ctx);
+  const bool att_bf16 = att == Dt::bf16;
   const bool bf16 = linear_in == Dt::bf16;
   const bool int8 = linear_in == Dt::u8;
   Carver carve;
@@ -712,11 +734,11 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
   const std::size_t o_qkv = carve.add(rows * 3 * h * esz_att);
   const std::size_t o_heads = carve.add(3 * tokens * h * esz_att);
   const std::size_t o_scores = carve.add(score_floats * 4);
-  const std::size_t o_probs = bf16 ? carve.add(score_floats * 2) : 0;
-  const std::size_t o_ctxh = carve.add(tokens * h * esz_att);
-  const std::size_t o_ctx = carve.add(rows * h * esz_att);  // token-major context (f32 or bf16)
+  const std::size_t o_probs = att_bf16 ? carve.add(score_floats * 2) : 0;
+  const std::size_t o_ctxh = carve.add(tokens * h * esz_ctx);
+  const std::size_t o_ctx = carve.add(rows * h * esz_ctx);  // token-major context
   const std::size_t o_ctxq = int8 ? carve.add(rows * h) : 0;
-  const std::size_t ffn_esz = bf16 ? 2 : 4;
+  const std::size_t ffn_esz = dt_size(ffn_out);
   const std::size_t o_ffn = carve.add(rows * f * ffn_esz);
   const std::size_t o_ffnq = int8 ? carve.add(rows * f) : 0;
   const std::size_t o_qvec = int8 ? carve.add(kLinearKinds * 2 * std::max(3 * h, f) * 4) : 0;
@@ -755,7 +777,7 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
   auto* scores = reinterpret_cast<float*>(base + o_scores);
   auto* probs = reinterpret_cast<std::uint16_t*>(base + o_probs);
   std::byte* ctxh = base + o_ctxh;
-  std::byte* ctx = base + o_ctx;
+  std::byte* ctx_buf = base + o_ctx;
   auto* ctxq = reinterpret_cast<std::uint8_t*>(base + o_ctxq);
   std::byte* ffn = base + o_ffn;
   auto* ffnq = reinterpret_cast<std::uint8_t*>(base + o_ffnq);
@@ -766,7 +788,7 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
   const std::size_t pad = rows - tokens;
   std::memset(x + tokens * h, 0, pad * h * 4);
   if (int8 || bf16) std::memset(xin + tokens * h * esz_in, 0, pad * h * esz_in);
-  std::memset(ctx + tokens * h * esz_att, 0, pad * h * esz_att);
+  std::memset(ctx_buf + tokens * h * esz_ctx, 0, pad * h * esz_ctx);
   if (int8) {
     std::memset(ctxq + tokens * h, 0, pad * h);
     std::memset(ffnq + tokens * f, 0, pad * f);
@@ -819,7 +841,7 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
   };
 
   // Quantization of the first `tokens` rows of an f32 matrix into u8.
-  auto quantize = [&](const float* src, std::size_t cols, std::uint8_t* dst, float lo, float hi) {
+  auto quantize = [&](const auto* src, std::size_t cols, std::uint8_t* dst, float lo, float hi) {
     const kern::U8Quant q = kern::u8_quant_for(lo, hi);
     const auto n = static_cast<std::ptrdiff_t>(tokens);
 #pragma omp parallel for if (parallel) schedule(static)
@@ -829,7 +851,7 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
     }
     return q;
   };
-  auto range_of = [&](const float* src, std::size_t cols) {
+  auto range_of = [&](const auto* src, std::size_t cols) {
     float lo = 0.0F;
     float hi = 0.0F;
     const auto n = static_cast<std::ptrdiff_t>(tokens);
@@ -922,11 +944,12 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
 #pragma omp parallel for if (parallel) schedule(static)
       for (std::ptrdiff_t i = 0; i < nrows; ++i) {
         const auto ui = static_cast<std::size_t>(i);
-        kern::softmax(isa, scores + ui * len, len, att_scale, bf16 ? probs + ui * len : nullptr);
+        kern::softmax(isa, scores + ui * len, len, att_scale,
+                      att_bf16 ? probs + ui * len : nullptr);
       }
       const memory p_mem({{b, l, l}, att, Tag::abc}, engine,
-                         bf16 ? static_cast<void*>(probs) : static_cast<void*>(scores));
-      const memory c_mem({{b, l, d}, att, Tag::abc}, engine, ctxh + first);
+                         att_bf16 ? static_cast<void*>(probs) : static_cast<void*>(scores));
+      const memory c_mem({{b, l, d}, ctx, Tag::abc}, engine, ctxh + offset[r.first] * h * esz_ctx);
       att_plan[ri].second->matmul.execute(stream, {{DNNL_ARG_SRC, p_mem},
                                                    {DNNL_ARG_WEIGHTS, v_mem},
                                                    {DNNL_ARG_DST, c_mem},
@@ -936,14 +959,14 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
     // Head-major context -> token-major.
     {
       const auto n = static_cast<std::ptrdiff_t>(nseq);
-      const std::size_t row_bytes = dh * esz_att;
+      const std::size_t row_bytes = dh * esz_ctx;
 #pragma omp parallel for if (parallel) schedule(static)
       for (std::ptrdiff_t si = 0; si < n; ++si) {
         const auto us = static_cast<std::size_t>(si);
         const std::size_t len = seqs[us].length;
-        const std::byte* src_seq = ctxh + offset[us] * h * esz_att;
+        const std::byte* src_seq = ctxh + offset[us] * h * esz_ctx;
         for (std::size_t t = 0; t < len; ++t) {
-          std::byte* dst = ctx + (offset[us] + t) * h * esz_att;
+          std::byte* dst = ctx_buf + (offset[us] + t) * h * esz_ctx;
           for (std::size_t hd = 0; hd < heads; ++hd) {
             std::memcpy(dst + hd * row_bytes, src_seq + (hd * len + t) * row_bytes, row_bytes);
           }
@@ -951,10 +974,10 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
       }
     }
     kern::U8Quant ctx_quant;
-    const std::byte* ctx_in = ctx;
+    const std::byte* ctx_in = ctx_buf;
     if (int8) {
-      const auto [lo, hi] = range_of(reinterpret_cast<const float*>(ctx), h);
-      ctx_quant = quantize(reinterpret_cast<const float*>(ctx), h, ctxq, lo, hi);
+      const auto [lo, hi] = range_of(reinterpret_cast<const float*>(ctx_buf), h);
+      ctx_quant = quantize(reinterpret_cast<const float*>(ctx_buf), h, ctxq, lo, hi);
       ctx_in = reinterpret_cast<const std::byte*>(ctxq);
     }
 
@@ -963,12 +986,19 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
     in_quant = norm(layer.ln_attention);
 
     // Feed-forward: GELU fused into the first product, residual into the second.
-    linear(LinearKind::ffn1, layer.ffn1, xin, ffn, bf16 ? Dt::bf16 : Dt::f32, in_quant);
+    linear(LinearKind::ffn1, layer.ffn1, xin, ffn, ffn_out, in_quant);
     kern::U8Quant ffn_quant;
     const std::byte* ffn_in = ffn;
     if (int8) {
-      const auto [lo, hi] = range_of(reinterpret_cast<const float*>(ffn), f);
-      ffn_quant = quantize(reinterpret_cast<const float*>(ffn), f, ffnq, lo, hi);
+      if (ffn_out == Dt::bf16) {
+        const auto* src = reinterpret_cast<const std::uint16_t*>(ffn);
+        const auto [lo, hi] = range_of(src, f);
+        ffn_quant = quantize(src, f, ffnq, lo, hi);
+      } else {
+        const auto* src = reinterpret_cast<const float*>(ffn);
+        const auto [lo, hi] = range_of(src, f);
+        ffn_quant = quantize(src, f, ffnq, lo, hi);
+      }
       ffn_in = reinterpret_cast<const std::byte*>(ffnq);
     }
     linear(LinearKind::ffn2, layer.ffn2, ffn_in, reinterpret_cast<std::byte*>(x), Dt::f32,

@@ -204,6 +204,18 @@ TEST_CASE("BertEncoder fp32: batched forward matches the reference hidden states
   }
 }
 
+TEST_CASE("BertEncoder fp32: prepacked weights give the same results", "[bert]") {
+  for (const char* name : {"tiny_f32_cls", "tiny_f16_mean_st"}) {
+    INFO(name);
+    const Fixture f = load_fixture(name);
+    BertEncoderConfig c = config_for(fixture_dir(name));
+    c.fp32_prepack = true;
+    const BertEncoder enc(c);
+    const auto out = enc.forward(f.ids.view(), f.mask.view());
+    for (std::size_t r = 0; r < f.batch(); ++r) CHECK(max_hidden_error(out.hidden, f, r) <= 1e-4F);
+  }
+}
+
 TEST_CASE("BertEncoder fp32: one sequence at a time and ragged batches give the same rows",
           "[bert]") {
   for (const char* name : {"tiny_f32_cls", "tiny_f16_mean_st"}) {
@@ -707,17 +719,20 @@ TEST_CASE("BertEncoder kernels: LayerNorm, softmax, bf16 and u8 agree across pat
         CHECK(lo <= y[i]);
         CHECK(hi >= y[i]);
       }
-      // Softmax by the formula.
+      // Softmax by the formula, as f32 (in place) and as bf16.
       std::vector<float> s = x;
+      k::softmax(isa, s.data(), n, 0.7F, nullptr);
+      std::vector<float> scratch = x;
       std::vector<std::uint16_t> s16(n);
-      k::softmax(isa, s.data(), n, 0.7F, s16.data());
+      k::softmax(isa, scratch.data(), n, 0.7F, s16.data());
       double denom = 0.0;
       double top = -1e30;
       for (float v : x) top = std::max(top, 0.7 * v);
       for (float v : x) denom += std::exp(0.7 * v - top);
       for (std::size_t i = 0; i < n; ++i) {
-        CHECK(s[i] == Approx(std::exp(0.7 * x[i] - top) / denom).epsilon(1e-5).margin(1e-7));
-        CHECK(std::fabs(k::from_bf16(s16[i]) - s[i]) <= s[i] / 128.0F);
+        const double want = std::exp(0.7 * x[i] - top) / denom;
+        CHECK(s[i] == Approx(want).epsilon(1e-5).margin(1e-7));
+        CHECK(std::fabs(k::from_bf16(s16[i]) - want) <= want / 128.0 + 1e-7);
       }
       // u8 quantization round-trips within half a step.
       float qlo = 0.0F;
@@ -732,6 +747,23 @@ TEST_CASE("BertEncoder kernels: LayerNorm, softmax, bf16 and u8 agree across pat
         const float back = q.scale * static_cast<float>(qx[i] - q.zero_point);
         CHECK(std::fabs(back - x[i]) <= 0.5F * q.scale * 1.001F);
       }
+      // The same from bf16 storage equals quantizing the decoded values.
+      std::vector<std::uint16_t> xb(n);
+      std::vector<float> decoded(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        xb[i] = k::to_bf16(x[i]);
+        decoded[i] = k::from_bf16(xb[i]);
+      }
+      float blo = 0.0F;
+      float bhi = 0.0F;
+      k::min_max(isa, xb.data(), n, &blo, &bhi);
+      CHECK(blo == std::min(0.0F, *std::min_element(decoded.begin(), decoded.end())));
+      CHECK(bhi == std::max(0.0F, *std::max_element(decoded.begin(), decoded.end())));
+      std::vector<std::uint8_t> qb(n);
+      std::vector<std::uint8_t> qd(n);
+      k::quantize_u8(isa, xb.data(), n, q, qb.data());
+      k::quantize_u8(none, decoded.data(), n, q, qd.data());
+      CHECK(qb == qd);
     }
   }
   // bf16 rounding by hand: 1 + 2^-8 is a tie between 1 and 1 + 2^-7 -> even (1).

@@ -21,7 +21,8 @@
 ///
 /// Memory: an F32 checkpoint run in fp32 uses the memory-mapped weights in
 /// place, except the query/key/value projections, which are concatenated
-/// into one fused matrix (a copy of 3 * hidden^2 floats per layer). F16 and
+/// into one fused matrix (a copy of 3 * hidden^2 floats per layer), and
+/// except with BertEncoderConfig::fp32_prepack. F16 and
 /// BF16 checkpoints are converted to float once at load (the fp32 path then
 /// holds a float copy of every weight). The bf16 and int8 paths hold their
 /// own reordered bf16 / s8 copies of the projection weights and map the rest.
@@ -108,6 +109,12 @@ struct BertEncoderConfig {
   std::string document_prefix;
   /// Pooling; checkpoint follows the checkpoint's files.
   BertPooling pooling = BertPooling::checkpoint;
+  /// fp32 only: copies the projection weights into oneDNN's blocked layout
+  /// at load instead of reading the mapped [out, in] tensors in place. Costs
+  /// one float per projection weight of memory (about 85 MB for MiniLM-L6);
+  /// saves the per-call repacking that dominates short batches (about 1.4x
+  /// faster at 1 x 16 tokens, the same at 32 x 128).
+  bool fp32_prepack = false;
 
   /// Checks the fields that do not need the checkpoint: checkpoint_dir not
   /// empty, threads in [1, kMaxThreads], max_length >= 2, max_batch >= 1,

@@ -132,6 +132,22 @@ inline void quantize_u8(const float* x, std::size_t n, U8Quant q, std::uint8_t* 
   }
 }
 
+inline void min_max(const std::uint16_t* x, std::size_t n, float* lo, float* hi) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    *lo = std::min(*lo, from_bf16(x[i]));
+    *hi = std::max(*hi, from_bf16(x[i]));
+  }
+}
+
+inline void quantize_u8(const std::uint16_t* x, std::size_t n, U8Quant q,
+                        std::uint8_t* out) noexcept {
+  const float inv = 1.0F / q.scale;
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = std::nearbyint(from_bf16(x[i]) * inv) + static_cast<float>(q.zero_point);
+    out[i] = static_cast<std::uint8_t>(std::clamp(v, 0.0F, 255.0F));
+  }
+}
+
 }  // namespace scalar
 
 #if FUNNEL_BERT_X86
@@ -143,6 +159,30 @@ namespace avx512 {
 [[FUNNEL_BERT_AVX512]] inline __mmask16 tail_mask(std::size_t left) noexcept {
   return left >= 16 ? static_cast<__mmask16>(0xFFFF)
                     : static_cast<__mmask16>((1U << static_cast<unsigned>(left)) - 1U);
+}
+
+// Horizontal reductions through memory: GCC 12's _mm512_reduce_* use an
+// undefined-vector idiom that -Wuninitialized rejects at -O3.
+[[FUNNEL_BERT_AVX512]] inline float hsum(__m512 v) noexcept {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  float s = 0.0F;
+  for (const float x : lanes) s += x;
+  return s;
+}
+[[FUNNEL_BERT_AVX512]] inline float hmax(__m512 v) noexcept {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  float m = lanes[0];
+  for (const float x : lanes) m = std::max(m, x);
+  return m;
+}
+[[FUNNEL_BERT_AVX512]] inline float hmin(__m512 v) noexcept {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  float m = lanes[0];
+  for (const float x : lanes) m = std::min(m, x);
+  return m;
 }
 
 // exp(x) for x <= 0 (larger inputs are clamped at 88): x = n ln2 + r with
@@ -177,52 +217,97 @@ namespace avx512 {
   }
 }
 
-[[FUNNEL_BERT_AVX512]] inline void min_max(const float* x, std::size_t n, float* lo,
+// 16 floats from f32 or bf16 storage (masked lanes are 0).
+[[FUNNEL_BERT_AVX512]] inline __m512 load16(__mmask16 m, const float* x) noexcept {
+  return _mm512_maskz_loadu_ps(m, x);
+}
+[[FUNNEL_BERT_AVX512]] inline __m512 load16(__mmask16 m, const std::uint16_t* x) noexcept {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+
+template <class T>
+[[FUNNEL_BERT_AVX512]] inline void min_max(const T* x, std::size_t n, float* lo,
                                            float* hi) noexcept {
   __m512 vlo = _mm512_set1_ps(*lo);
   __m512 vhi = _mm512_set1_ps(*hi);
   for (std::size_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
-    const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+    const __m512 v = load16(m, x + i);
     vlo = _mm512_mask_min_ps(vlo, m, vlo, v);
     vhi = _mm512_mask_max_ps(vhi, m, vhi, v);
   }
-  *lo = _mm512_reduce_min_ps(vlo);
-  *hi = _mm512_reduce_max_ps(vhi);
+  *lo = hmin(vlo);
+  *hi = hmax(vhi);
 }
 
-[[FUNNEL_BERT_AVX512]] inline void layer_norm_f32(float* x, std::size_t n, const float* gamma,
-                                                  const float* beta, float eps) noexcept {
+// Mean and 1 / sqrt(var + eps) of a row, broadcast.
+[[FUNNEL_BERT_AVX512]] inline void row_stats(const float* x, std::size_t n, float eps, __m512* mean,
+                                             __m512* rstd) noexcept {
   __m512 acc = _mm512_setzero_ps();
   for (std::size_t i = 0; i < n; i += 16) {
     acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
   }
-  const float mean = _mm512_reduce_add_ps(acc) / static_cast<float>(n);
-  const __m512 vmean = _mm512_set1_ps(mean);
+  *mean = _mm512_set1_ps(hsum(acc) / static_cast<float>(n));
   acc = _mm512_setzero_ps();
   for (std::size_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
-    const __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, x + i), vmean);
+    const __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, x + i), *mean);
     acc = _mm512_fmadd_ps(d, d, acc);
   }
-  const float var = _mm512_reduce_add_ps(acc) / static_cast<float>(n);
-  const __m512 rstd = _mm512_set1_ps(1.0F / std::sqrt(var + eps));
+  *rstd = _mm512_set1_ps(1.0F / std::sqrt(hsum(acc) / static_cast<float>(n) + eps));
+}
+
+// LayerNorm in place; widens [*lo, *hi] when lo is set.
+[[FUNNEL_BERT_AVX512]] inline void layer_norm_f32(float* x, std::size_t n, const float* gamma,
+                                                  const float* beta, float eps, float* lo,
+                                                  float* hi) noexcept {
+  __m512 mean;
+  __m512 rstd;
+  row_stats(x, n, eps, &mean, &rstd);
+  __m512 vlo = _mm512_setzero_ps();
+  __m512 vhi = _mm512_setzero_ps();
   for (std::size_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
-    const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vmean), rstd);
+    const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mean), rstd);
     const __m512 y =
         _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(m, gamma + i), _mm512_maskz_loadu_ps(m, beta + i));
     _mm512_mask_storeu_ps(x + i, m, y);
+    vlo = _mm512_mask_min_ps(vlo, m, vlo, y);
+    vhi = _mm512_mask_max_ps(vhi, m, vhi, y);
+  }
+  if (lo != nullptr) {
+    *lo = std::min(*lo, hmin(vlo));
+    *hi = std::max(*hi, hmax(vhi));
   }
 }
 
-[[FUNNEL_BERT_AVX512]] inline void softmax_f32(float* s, std::size_t n, float scale) noexcept {
+// LayerNorm in place, also written as bf16 in the same pass.
+[[FUNNEL_BERT_AVX512_BF16]] inline void layer_norm_bf16(float* x, std::size_t n, const float* gamma,
+                                                        const float* beta, float eps,
+                                                        std::uint16_t* out) noexcept {
+  __m512 mean;
+  __m512 rstd;
+  row_stats(x, n, eps, &mean, &rstd);
+  for (std::size_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mean), rstd);
+    const __m512 y =
+        _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(m, gamma + i), _mm512_maskz_loadu_ps(m, beta + i));
+    _mm512_mask_storeu_ps(x + i, m, y);
+    _mm256_mask_storeu_epi16(out + i, m, (__m256i)_mm512_cvtneps_pbh(y));
+  }
+}
+
+// The first two softmax passes: s[i] = exp(scale * s[i] - max); returns
+// 1 / sum.
+[[FUNNEL_BERT_AVX512]] inline float softmax_exp(float* s, std::size_t n, float scale) noexcept {
   __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (std::size_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
     vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, s + i));
   }
-  const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * scale);
+  const __m512 shift = _mm512_set1_ps(hmax(vmax) * scale);
   const __m512 vscale = _mm512_set1_ps(scale);
   __m512 vsum = _mm512_setzero_ps();
   for (std::size_t i = 0; i < n; i += 16) {
@@ -231,14 +316,30 @@ namespace avx512 {
     vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
     _mm512_mask_storeu_ps(s + i, m, e);
   }
-  const __m512 inv = _mm512_set1_ps(1.0F / _mm512_reduce_add_ps(vsum));
+  return 1.0F / hsum(vsum);
+}
+
+[[FUNNEL_BERT_AVX512]] inline void softmax_f32(float* s, std::size_t n, float scale) noexcept {
+  const __m512 inv = _mm512_set1_ps(softmax_exp(s, n, scale));
   for (std::size_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
     _mm512_mask_storeu_ps(s + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + i), inv));
   }
 }
 
-[[FUNNEL_BERT_AVX512]] inline void quantize_u8(const float* x, std::size_t n, U8Quant q,
+// Probabilities written as bf16 only (s is left unnormalised).
+[[FUNNEL_BERT_AVX512_BF16]] inline void softmax_bf16(float* s, std::size_t n, float scale,
+                                                     std::uint16_t* out) noexcept {
+  const __m512 inv = _mm512_set1_ps(softmax_exp(s, n, scale));
+  for (std::size_t i = 0; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, s + i), inv);
+    _mm256_mask_storeu_epi16(out + i, m, (__m256i)_mm512_cvtneps_pbh(p));
+  }
+}
+
+template <class T>
+[[FUNNEL_BERT_AVX512]] inline void quantize_u8(const T* x, std::size_t n, U8Quant q,
                                                std::uint8_t* out) noexcept {
   const __m512 inv = _mm512_set1_ps(1.0F / q.scale);
   const __m512i zp = _mm512_set1_epi32(q.zero_point);
@@ -246,7 +347,7 @@ namespace avx512 {
   for (std::size_t i = 0; i < n; i += 16) {
     const __mmask16 m = tail_mask(n - i);
     // cvtps rounds to nearest even (the default MXCSR mode), as nearbyint.
-    __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
+    __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(load16(m, x + i), inv));
     v = _mm512_max_epi32(_mm512_add_epi32(v, zp), zero);
     _mm512_mask_cvtusepi32_storeu_epi8(out + i, m, v);
   }
@@ -267,8 +368,9 @@ inline void to_bf16(KernelIsa isa, const float* src, std::uint16_t* dst, std::si
   scalar::to_bf16(src, dst, n);
 }
 
-/// Widens [*lo, *hi] to cover x[0, n).
-inline void min_max(KernelIsa isa, const float* x, std::size_t n, float* lo, float* hi) noexcept {
+/// Widens [*lo, *hi] to cover x[0, n) (float or bf16 bits).
+template <class T>
+inline void min_max(KernelIsa isa, const T* x, std::size_t n, float* lo, float* hi) noexcept {
 #if FUNNEL_BERT_X86
   if (isa.avx512) return avx512::min_max(x, n, lo, hi);
 #endif
@@ -283,10 +385,14 @@ inline void layer_norm(KernelIsa isa, float* x, std::size_t n, const float* gamm
                        const float* beta, float eps, std::uint16_t* bf16_out, float* lo,
                        float* hi) noexcept {
 #if FUNNEL_BERT_X86
-  if (isa.avx512) {
-    avx512::layer_norm_f32(x, n, gamma, beta, eps);
-    if (bf16_out != nullptr) to_bf16(isa, x, bf16_out, n);
+  if (isa.avx512_bf16 && bf16_out != nullptr) {
+    avx512::layer_norm_bf16(x, n, gamma, beta, eps, bf16_out);
     if (lo != nullptr) avx512::min_max(x, n, lo, hi);
+    return;
+  }
+  if (isa.avx512) {
+    avx512::layer_norm_f32(x, n, gamma, beta, eps, lo, hi);
+    if (bf16_out != nullptr) scalar::to_bf16(x, bf16_out, n);
     return;
   }
 #endif
@@ -294,14 +400,16 @@ inline void layer_norm(KernelIsa isa, float* x, std::size_t n, const float* gamm
   scalar::layer_norm(x, n, gamma, beta, eps, bf16_out, lo, hi);
 }
 
-/// In-place softmax of scale * s over one row of n values (scale > 0); when
-/// bf16_out is set, also writes the probabilities as bf16.
+/// Softmax of scale * s over one row of n values (scale > 0). Without
+/// bf16_out the probabilities replace s; with it they are written there as
+/// bf16 and s is left as scratch.
 inline void softmax(KernelIsa isa, float* s, std::size_t n, float scale,
                     std::uint16_t* bf16_out) noexcept {
 #if FUNNEL_BERT_X86
+  if (isa.avx512_bf16 && bf16_out != nullptr) return avx512::softmax_bf16(s, n, scale, bf16_out);
   if (isa.avx512) {
     avx512::softmax_f32(s, n, scale);
-    if (bf16_out != nullptr) to_bf16(isa, s, bf16_out, n);
+    if (bf16_out != nullptr) scalar::to_bf16(s, bf16_out, n);
     return;
   }
 #endif
@@ -309,8 +417,10 @@ inline void softmax(KernelIsa isa, float* s, std::size_t n, float scale,
   scalar::softmax(s, n, scale, bf16_out);
 }
 
-/// out[i] = clamp(round_half_even(x[i] / q.scale) + q.zero_point, 0, 255).
-inline void quantize_u8(KernelIsa isa, const float* x, std::size_t n, U8Quant q,
+/// out[i] = clamp(round_half_even(x[i] / q.scale) + q.zero_point, 0, 255)
+/// (x float or bf16 bits).
+template <class T>
+inline void quantize_u8(KernelIsa isa, const T* x, std::size_t n, U8Quant q,
                         std::uint8_t* out) noexcept {
 #if FUNNEL_BERT_X86
   if (isa.avx512) return avx512::quantize_u8(x, n, q, out);

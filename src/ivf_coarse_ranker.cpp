@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cassert>
 #include <cerrno>
 #include <charconv>
@@ -428,6 +429,71 @@ struct CoarseQuantizer {
   Metric metric = Metric::inner_product;
 };
 
+// Index of the best of n >= 1 scores (ties: the smallest index). The
+// running best is kept per lane of 16 with branch-free selects, which the
+// compiler vectorises; a second pass finds the first index holding it.
+template <bool kHigher>
+std::size_t best_index(const float* row, std::size_t n) {
+  constexpr std::size_t kLanes = 16;
+  float best = row[0];
+  std::size_t c = 0;
+  if (n >= kLanes) {
+    std::array<float, kLanes> lanes{};
+    std::copy_n(row, kLanes, lanes.begin());
+    for (c = kLanes; c + kLanes <= n; c += kLanes) {
+      for (std::size_t j = 0; j < kLanes; ++j) {
+        const float x = row[c + j];
+        lanes[j] = (kHigher ? x > lanes[j] : x < lanes[j]) ? x : lanes[j];
+      }
+    }
+    for (const float x : lanes) best = (kHigher ? x > best : x < best) ? x : best;
+  }
+  for (; c < n; ++c) best = (kHigher ? row[c] > best : row[c] < best) ? row[c] : best;
+  std::size_t at = 0;
+  while (row[at] != best) ++at;
+  return at;
+}
+
+// The nprobe best of `n` scores, best first (ties: the smaller index),
+// through a bounded heap whose worst entry rejects most scores with one
+// comparison. `heap` is scratch space.
+template <bool kHigher>
+void select_best(const float* row, std::size_t n, std::size_t nprobe,
+                 std::vector<std::pair<float, std::uint32_t>>& heap, std::uint32_t* out_lists,
+                 float* out_scores) {
+  if (nprobe == 1) {
+    const std::size_t best = best_index<kHigher>(row, n);
+    out_lists[0] = static_cast<std::uint32_t>(best);
+    out_scores[0] = row[best];
+    return;
+  }
+  // "a before b": a better score, or an equal score and a smaller index.
+  const auto before = [](const std::pair<float, std::uint32_t>& a,
+                         const std::pair<float, std::uint32_t>& b) {
+    if (a.first != b.first) return kHigher ? a.first > b.first : a.first < b.first;
+    return a.second < b.second;
+  };
+  heap.clear();
+  for (std::size_t c = 0; c < n; ++c) {
+    const float x = row[c];
+    if (heap.size() == nprobe) {
+      // Scores come in index order, so an equal score ranks after the
+      // kept one: only a strictly better score enters.
+      if (!(kHigher ? x > heap.front().first : x < heap.front().first)) continue;
+      std::pop_heap(heap.begin(), heap.end(), before);
+      heap.back() = {x, static_cast<std::uint32_t>(c)};
+    } else {
+      heap.emplace_back(x, static_cast<std::uint32_t>(c));
+    }
+    std::push_heap(heap.begin(), heap.end(), before);
+  }
+  std::sort_heap(heap.begin(), heap.end(), before);
+  for (std::size_t p = 0; p < nprobe; ++p) {
+    out_lists[p] = heap[p].second;
+    out_scores[p] = heap[p].first;
+  }
+}
+
 // The nprobe best lists of queries [0, nq), best first (ties: smaller list
 // number), into lists[q * nprobe + p], with their coarse scores (inner
 // product, or squared L2 distance clamped at 0) into scores.
@@ -444,7 +510,8 @@ void probe_lists(const CoarseQuantizer& cq, const float* queries, std::size_t nq
   run_workers(workers, [&](std::size_t w) {
     const auto [b0, b1] = share(blocks, workers, w);
     std::vector<float> s(std::min(block, nq) * nlist);
-    std::vector<std::uint32_t> order(nlist);
+    std::vector<std::pair<float, std::uint32_t>> order;
+    order.reserve(nprobe);
     for (std::size_t blk = b0; blk < b1; ++blk) {
       const std::size_t q0 = blk * block;
       const std::size_t m = std::min(block, nq - q0);
@@ -462,26 +529,10 @@ void probe_lists(const CoarseQuantizer& cq, const float* queries, std::size_t nq
         }
         std::uint32_t* out_lists = lists + (q0 + i) * nprobe;
         float* out_scores = scores + (q0 + i) * nprobe;
-        if (nprobe == 1) {
-          std::size_t best = 0;
-          for (std::size_t c = 1; c < nlist; ++c) {
-            if (higher ? row[c] > row[best] : row[c] < row[best]) best = c;
-          }
-          out_lists[0] = static_cast<std::uint32_t>(best);
-          out_scores[0] = row[best];
-          continue;
-        }
-        std::iota(order.begin(), order.end(), std::uint32_t{0});
-        const auto better = [row, higher](std::uint32_t a, std::uint32_t b) {
-          if (row[a] != row[b]) return higher ? row[a] > row[b] : row[a] < row[b];
-          return a < b;
-        };
-        const auto cut = order.begin() + static_cast<std::ptrdiff_t>(nprobe);
-        if (nprobe < nlist) std::nth_element(order.begin(), cut, order.end(), better);
-        std::sort(order.begin(), cut, better);
-        for (std::size_t p = 0; p < nprobe; ++p) {
-          out_lists[p] = order[p];
-          out_scores[p] = row[order[p]];
+        if (higher) {
+          select_best<true>(row, nlist, nprobe, order, out_lists, out_scores);
+        } else {
+          select_best<false>(row, nlist, nprobe, order, out_lists, out_scores);
         }
       }
     }

@@ -12,4 +12,7 @@ namespace funnel::cli {
 /// `funnel index build|search|info`: FAISS-backed vector indexes on .npy files.
 int run_index(const Invocation& invocation);
 
+/// `funnel encode`: texts (lines or a JSON Lines field) -> vectors (.npy).
+int run_encode(const Invocation& invocation);
+
 }  // namespace funnel::cli

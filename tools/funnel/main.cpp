@@ -18,6 +18,8 @@ using funnel::cli::Command;
 
 // One row per top-level command; each runs from its own <name>_command.cpp.
 constexpr Command kCommands[] = {
+    {"encode", "encode texts into vectors (.npy) with a BERT checkpoint or hashing",
+     funnel::cli::run_encode},
     {"index", "build, search and inspect vector indexes (.npy in, FAISS files out)",
      funnel::cli::run_index},
 };

@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -38,7 +39,8 @@ using funnel::TextRole;
 
 namespace {
 
-const char* const kFixtures[] = {"tiny_f32_cls", "tiny_f16_mean_st", "tiny_bf16_plain"};
+constexpr std::array<const char*, 3> kFixtures = {"tiny_f32_cls", "tiny_f16_mean_st",
+                                                  "tiny_bf16_plain"};
 
 fs::path fixture_dir(const std::string& name) {
   return fs::path(FUNNEL_TEST_DATA_DIR) / "bert" / name;
@@ -447,6 +449,7 @@ TEST_CASE("BertEncoder: concurrent encode calls give the single-thread results",
   constexpr int kThreads = 4;
   std::vector<float> worst(kThreads, 0.0F);
   std::vector<std::thread> pool;
+  pool.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     pool.emplace_back([&, t] {
       for (int rep = 0; rep < 3; ++rep) {

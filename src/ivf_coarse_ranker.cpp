@@ -28,6 +28,10 @@
 #include <unordered_map>
 #include <utility>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <faiss/Clustering.h>
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIVF.h>
@@ -93,6 +97,8 @@ constexpr std::size_t kGroupRows = 512;
 // A list probed by fewer queries than this is scanned per query even in the
 // grouped path: a GEMM with one or two rows is no faster than the kernel.
 constexpr std::size_t kGemmMinQueries = 3;
+// Vectors encoded per block in add() (PQ: one GEMM per sub-quantizer).
+constexpr std::size_t kEncodeBlock = 256;
 // Automatic batch mode switches to grouped from this many queries.
 constexpr std::size_t kGroupedFromQueries = 32;
 
@@ -429,27 +435,48 @@ struct CoarseQuantizer {
   Metric metric = Metric::inner_product;
 };
 
-// Index of the best of n >= 1 scores (ties: the smallest index). The
-// running best is kept per lane of 16 with branch-free selects, which the
-// compiler vectorises; a second pass finds the first index holding it.
+// Index of the best of n >= 1 scores (ties: the smallest index): the best
+// value first, then the first block of 16 that holds it, then its position
+// in that block. On x86 the two block passes use SSE2 (part of every x86-64
+// baseline, so no run-time dispatch); elsewhere they are plain loops.
 template <bool kHigher>
 std::size_t best_index(const float* row, std::size_t n) {
-  constexpr std::size_t kLanes = 16;
+  constexpr std::size_t kBlock = 16;
   float best = row[0];
   std::size_t c = 0;
-  if (n >= kLanes) {
-    std::array<float, kLanes> lanes{};
-    std::copy_n(row, kLanes, lanes.begin());
-    for (c = kLanes; c + kLanes <= n; c += kLanes) {
-      for (std::size_t j = 0; j < kLanes; ++j) {
-        const float x = row[c + j];
-        lanes[j] = (kHigher ? x > lanes[j] : x < lanes[j]) ? x : lanes[j];
-      }
+#if defined(__SSE2__)
+  if (n >= kBlock) {
+    const auto pick = [](__m128 a, __m128 b) {
+      return kHigher ? _mm_max_ps(a, b) : _mm_min_ps(a, b);  // inputs are finite
+    };
+    __m128 acc0 = _mm_loadu_ps(row);
+    __m128 acc1 = _mm_loadu_ps(row + 4);
+    __m128 acc2 = _mm_loadu_ps(row + 8);
+    __m128 acc3 = _mm_loadu_ps(row + 12);
+    for (c = kBlock; c + kBlock <= n; c += kBlock) {
+      acc0 = pick(acc0, _mm_loadu_ps(row + c));
+      acc1 = pick(acc1, _mm_loadu_ps(row + c + 4));
+      acc2 = pick(acc2, _mm_loadu_ps(row + c + 8));
+      acc3 = pick(acc3, _mm_loadu_ps(row + c + 12));
     }
-    for (const float x : lanes) best = (kHigher ? x > best : x < best) ? x : best;
+    __m128 v = pick(pick(acc0, acc1), pick(acc2, acc3));
+    v = pick(v, _mm_shuffle_ps(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = pick(v, _mm_shuffle_ps(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+    best = _mm_cvtss_f32(v);
   }
+#endif
   for (; c < n; ++c) best = (kHigher ? row[c] > best : row[c] < best) ? row[c] : best;
   std::size_t at = 0;
+#if defined(__SSE2__)
+  const __m128 target = _mm_set1_ps(best);
+  for (; at + kBlock <= n; at += kBlock) {
+    const __m128 hit = _mm_or_ps(_mm_or_ps(_mm_cmpeq_ps(_mm_loadu_ps(row + at), target),
+                                           _mm_cmpeq_ps(_mm_loadu_ps(row + at + 4), target)),
+                                 _mm_or_ps(_mm_cmpeq_ps(_mm_loadu_ps(row + at + 8), target),
+                                           _mm_cmpeq_ps(_mm_loadu_ps(row + at + 12), target)));
+    if (_mm_movemask_ps(hit) != 0) break;
+  }
+#endif
   while (row[at] != best) ++at;
   return at;
 }
@@ -719,6 +746,11 @@ struct IvfCoarseRanker::State {
   const float* sq_vdiff = nullptr;
   std::unique_ptr<faiss::ScalarQuantizer::SQuantizer> sq_codec;  // SQ8 / SQfp16 encoder
   const faiss::ProductQuantizer* pq = nullptr;                   // PQ, owned by `index`
+  // PQ: each sub-quantizer's codebook transposed (M x dsub x ksub), so that
+  // look-up tables are loops over the centroids, and the centroids' squared
+  // norms (M x ksub) for GEMM-based encoding.
+  std::vector<float> pq_transposed;
+  std::vector<float> pq_norms;
 
   // L2 Flat: squared norm of every stored row, per list (grouped scan).
   std::vector<std::vector<float>> row_norms;
@@ -738,6 +770,64 @@ struct IvfCoarseRanker::State {
 namespace {
 
 using State = IvfCoarseRanker::State;
+
+// PQ look-up tables of a (residual) query x: table[m * ksub + j] is
+// sum_p x_p * C_mj,p (inner product) or sum_p (x_p - C_mj,p)^2 (L2) over the
+// m-th sub-vector, summed in the order of FAISS's tables. The loops run
+// over the centroids of the transposed codebook, which vectorises however
+// small the sub-vectors are.
+template <bool kIp>
+void pq_lookup_tables(const State& s, const float* x, float* table) {
+  const std::size_t ksub = s.pq->ksub;
+  const std::size_t dsub = s.pq->dsub;
+  for (std::size_t m = 0; m < s.pq->M; ++m) {
+    float* t = table + m * ksub;
+    std::fill_n(t, ksub, 0.0F);
+    for (std::size_t p = 0; p < dsub; ++p) {
+      const float xp = x[m * dsub + p];
+      const float* column = s.pq_transposed.data() + (m * dsub + p) * ksub;
+      for (std::size_t j = 0; j < ksub; ++j) {
+        if constexpr (kIp) {
+          t[j] += xp * column[j];
+        } else {
+          const float diff = xp - column[j];
+          t[j] += diff * diff;
+        }
+      }
+    }
+  }
+}
+
+// PQ codes of n residuals (n x dim, n <= kEncodeBlock) into `codes`
+// (zeroed, n x code_size): for each sub-quantizer one GEMM of the
+// sub-vectors against its centroids, the nearest by |c|^2 - 2 r.c (|r|^2
+// is the same for every centroid), packed as FAISS packs them.
+void pq_encode(const State& s, const float* residuals, std::size_t n, std::uint8_t* codes) {
+  const faiss::ProductQuantizer& pq = *s.pq;
+  const std::size_t ksub = pq.ksub;
+  const std::size_t dsub = pq.dsub;
+  const std::size_t d = s.dim;
+  std::vector<float> sub(n * dsub);
+  std::vector<float> scores(n * ksub);
+  std::vector<std::uint64_t> chosen(n * pq.M);
+  for (std::size_t m = 0; m < pq.M; ++m) {
+    for (std::size_t i = 0; i < n; ++i) {
+      std::copy_n(residuals + i * d + m * dsub, dsub, sub.data() + i * dsub);
+    }
+    ivf::gemm_nt(sub.data(), n, pq.centroids.data() + m * ksub * dsub, ksub, dsub, scores.data(),
+                 ksub);
+    const float* norms = s.pq_norms.data() + m * ksub;
+    for (std::size_t i = 0; i < n; ++i) {
+      float* row = scores.data() + i * ksub;
+      for (std::size_t j = 0; j < ksub; ++j) row[j] = norms[j] - 2.0F * row[j];
+      chosen[i * pq.M + m] = best_index<false>(row, ksub);
+    }
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    faiss::PQEncoderGeneric encoder(codes + i * s.code_size, static_cast<int>(pq.nbits));
+    for (std::size_t m = 0; m < pq.M; ++m) encoder.encode(chosen[i * pq.M + m]);
+  }
+}
 
 // Wires `state` to its FAISS index (which must match state.desc) and builds
 // the id map and the derived arrays. Duplicate or reserved ids in the lists
@@ -765,6 +855,18 @@ void attach_index(State& s, std::unique_ptr<faiss::IndexIVF> index, std::string_
     const auto* ivfpq = dynamic_cast<const faiss::IndexIVFPQ*>(s.index.get());
     assert(ivfpq != nullptr);
     s.pq = &ivfpq->pq;
+    const std::size_t m_count = s.pq->M;
+    const std::size_t ksub = s.pq->ksub;
+    const std::size_t dsub = s.pq->dsub;
+    s.pq_transposed.resize(m_count * dsub * ksub);
+    s.pq_norms.resize(m_count * ksub);
+    for (std::size_t m = 0; m < m_count; ++m) {
+      for (std::size_t j = 0; j < ksub; ++j) {
+        const float* c = s.pq->centroids.data() + (m * ksub + j) * dsub;
+        s.pq_norms[m * ksub + j] = squared_norm(c, dsub);
+        for (std::size_t p = 0; p < dsub; ++p) s.pq_transposed[(m * dsub + p) * ksub + j] = c[p];
+      }
+    }
   }
   const bool keep_norms = s.desc.kind == CodeKind::flat && s.config.metric == Metric::l2;
   if (keep_norms) s.row_norms.resize(s.nlist);
@@ -1172,23 +1274,28 @@ void IvfCoarseRanker::add(MatrixView<const float> vectors, std::span<const ItemI
   std::vector<float> coarse(n);
   probe_lists(s.coarse(), vectors.data, n, 1, threads, assigned.data(), coarse.data());
   std::vector<std::uint8_t> codes(n * s.code_size, 0);
-  const std::size_t workers = std::min(threads, div_up(n, 256));
+  const std::size_t workers = std::min(threads, div_up(n, kEncodeBlock));
   run_workers(workers, [&](std::size_t w) {
     const auto [i0, i1] = share(n, workers, w);
-    std::vector<float> residual(d);
-    for (std::size_t i = i0; i < i1; ++i) {
-      const float* x = vectors.data + i * d;
-      std::uint8_t* code = codes.data() + i * s.code_size;
+    std::vector<float> residuals(std::min(kEncodeBlock, n) * d);
+    for (std::size_t b0 = i0; b0 < i1; b0 += kEncodeBlock) {
+      const std::size_t b = std::min(kEncodeBlock, i1 - b0);
+      std::uint8_t* block_codes = codes.data() + b0 * s.code_size;
       if (s.desc.kind == CodeKind::flat) {
-        std::memcpy(code, x, d * sizeof(float));
+        std::memcpy(block_codes, vectors.data + b0 * d, b * d * sizeof(float));
         continue;
       }
-      const float* c = s.centroids + static_cast<std::size_t>(assigned[i]) * d;
-      for (std::size_t j = 0; j < d; ++j) residual[j] = x[j] - c[j];
+      for (std::size_t i = 0; i < b; ++i) {
+        const float* x = vectors.data + (b0 + i) * d;
+        const float* c = s.centroids + static_cast<std::size_t>(assigned[b0 + i]) * d;
+        for (std::size_t j = 0; j < d; ++j) residuals[i * d + j] = x[j] - c[j];
+      }
       if (s.desc.kind == CodeKind::pq) {
-        s.pq->compute_code(residual.data(), code);
+        pq_encode(s, residuals.data(), b, block_codes);
       } else {
-        s.sq_codec->encode_vector(residual.data(), code);
+        for (std::size_t i = 0; i < b; ++i) {
+          s.sq_codec->encode_vector(residuals.data() + i * d, block_codes + i * s.code_size);
+        }
       }
     }
   });
@@ -1321,18 +1428,7 @@ class QueryScanner {
     for (std::size_t j = 0; j < s_.dim; ++j) residual_[j] = query_[j] - c[j];
   }
 
-  void pq_tables(const float* x) {
-    const faiss::ProductQuantizer& pq = *s_.pq;
-    for (std::size_t m = 0; m < pq.M; ++m) {
-      const float* sub = pq.centroids.data() + m * pq.ksub * pq.dsub;
-      float* table = lut_.data() + m * pq.ksub;
-      if constexpr (kIp) {
-        s_.kernels->dot_f32(x + m * pq.dsub, sub, pq.ksub, pq.dsub, table);
-      } else {
-        s_.kernels->l2_f32(x + m * pq.dsub, sub, pq.ksub, pq.dsub, table);
-      }
-    }
-  }
+  void pq_tables(const float* x) { pq_lookup_tables<kIp>(s_, x, lut_.data()); }
 
   template <class Decoder>
   void pq_scan(const std::uint8_t* codes, std::size_t n, float dis0, float* out) const {

@@ -484,7 +484,7 @@ TEST_CASE("grouped batches equal per-query search", "[ivf][batch]") {
                   run_search(*sq, queries, 10, 4, nullptr, IvfBatchMode::per_query));
 }
 
-TEST_CASE("results do not depend on the thread count", "[ivf][threads]") {
+TEST_CASE("results do not depend on the thread count", "[ivf][threads][concurrency]") {
   const std::string description =
       GENERATE(descriptions({"IVF16,Flat", "IVF16,SQ8", "IVF16,PQ8x4"}));
   const auto metric = GENERATE(Metric::inner_product, Metric::l2);

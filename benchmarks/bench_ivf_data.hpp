@@ -35,8 +35,8 @@ namespace bench {
 
 /// Base vectors, queries and how they compare.
 struct Dataset {
-  std::string name;  ///< "fashion-mnist", "clustered" or "catalog"
-  std::string key;   ///< names the cache files: every parameter that changes the data
+  std::string name;         ///< "fashion-mnist", "clustered" or "catalog"
+  std::string key;          ///< names the cache files: every parameter that changes the data
   std::string description;  ///< one paragraph for the report
   funnel::Metric metric = funnel::Metric::l2;
   funnel::Matrix<float> base;
@@ -72,8 +72,8 @@ inline std::uint32_t read_be32(std::ifstream& in, const std::filesystem::path& p
   if (!in.read(reinterpret_cast<char*>(b.data()), 4)) {  // NOLINT(*-reinterpret-cast)
     throw std::runtime_error(path.string() + ": truncated IDX header");
   }
-  return (std::uint32_t{b[0]} << 24U) | (std::uint32_t{b[1]} << 16U) |
-         (std::uint32_t{b[2]} << 8U) | std::uint32_t{b[3]};
+  return (std::uint32_t{b[0]} << 24U) | (std::uint32_t{b[1]} << 16U) | (std::uint32_t{b[2]} << 8U) |
+         std::uint32_t{b[3]};
 }
 
 /// Reads an uncompressed IDX image file (magic 0x00000803: unsigned bytes,
@@ -99,8 +99,8 @@ inline funnel::Matrix<float> read_idx_images(const std::filesystem::path& path,
   std::vector<unsigned char> pixels(n * dim);
   if (!in.read(reinterpret_cast<char*>(pixels.data()),  // NOLINT(*-reinterpret-cast)
                static_cast<std::streamsize>(pixels.size()))) {
-    throw std::runtime_error(path.string() + ": truncated IDX data (expected " +
-                             std::to_string(n) + " images of " + std::to_string(dim) + " bytes)");
+    throw std::runtime_error(path.string() + ": truncated IDX data (expected " + std::to_string(n) +
+                             " images of " + std::to_string(dim) + " bytes)");
   }
   funnel::Matrix<float> out(n, dim);
   std::transform(pixels.begin(), pixels.end(), out.data(),
@@ -110,15 +110,14 @@ inline funnel::Matrix<float> read_idx_images(const std::filesystem::path& path,
 
 /// ann-benchmarks' fashion-mnist-784-euclidean: the 60,000 training images
 /// are the base, the 10,000 test images the queries, L2 on raw pixel values.
-inline Dataset load_fashion_mnist(const std::filesystem::path& dir, std::size_t n,
-                                  std::size_t nq) {
+inline Dataset load_fashion_mnist(const std::filesystem::path& dir, std::size_t n, std::size_t nq) {
   Dataset d;
   d.name = "fashion-mnist";
   d.metric = funnel::Metric::l2;
   d.base = read_idx_images(dir / "train-images-idx3-ubyte", n);
   d.queries = read_idx_images(dir / "t10k-images-idx3-ubyte", nq);
-  d.key = "fashion-mnist-n" + std::to_string(d.base.rows()) + "-q" +
-          std::to_string(d.queries.rows());
+  d.key =
+      "fashion-mnist-n" + std::to_string(d.base.rows()) + "-q" + std::to_string(d.queries.rows());
   d.description =
       "Fashion-MNIST as ann-benchmarks uses it (fashion-mnist-784-euclidean): the " +
       std::to_string(d.base.rows()) + " training images are the base, " +
@@ -136,7 +135,10 @@ struct ClusteredSpec {
   std::size_t n = 1000000;
   std::size_t nq = 10000;
   std::size_t dim = 128;
-  std::size_t latent_dim = 16;   ///< intrinsic dimension of the cluster mixture
+  /// Intrinsic dimension of the cluster mixture: the difficulty knob. 12 is
+  /// calibrated so that FAISS IVF4096,Flat on 1M vectors needs nprobe > 32
+  /// for recall@10 = 0.95 (docs/coarse-benchmark.md).
+  std::size_t latent_dim = 12;
   std::size_t clusters = 16384;  ///< true clusters (many more than the lists)
   double spread = 1.0;           ///< within-cluster std (centres are N(0, I))
   double noise = 0.1;            ///< isotropic noise added in the full dimension
@@ -151,37 +153,38 @@ struct ClusteredSpec {
 /// Rows are generated in blocks of 4096, each from its own seeded stream,
 /// so the data do not depend on the thread count.
 inline Dataset make_clustered(const ClusteredSpec& s, int threads) {
-  const std::size_t L = s.latent_dim;
+  const std::size_t lat = s.latent_dim;
   std::mt19937_64 setup(s.seed);
   std::normal_distribution<float> normal(0.0F, 1.0F);
-  std::vector<float> centres(s.clusters * L);
+  std::vector<float> centres(s.clusters * lat);
   for (float& c : centres) c = normal(setup);
   std::lognormal_distribution<double> lognormal(0.0, 0.5);
   std::vector<double> weights(s.clusters);
   for (double& w : weights) w = lognormal(setup);
-  // The map keeps the latent scale: entries N(0, 1/L).
-  std::vector<float> map(s.dim * L);
-  for (float& m : map) m = normal(setup) / std::sqrt(static_cast<float>(L));
+  // The map keeps the latent scale: entries N(0, 1/lat).
+  std::vector<float> map(s.dim * lat);
+  for (float& m : map) m = normal(setup) / std::sqrt(static_cast<float>(lat));
 
   const auto draw = [&](std::size_t rows, std::uint64_t stream) {
     funnel::Matrix<float> out(rows, s.dim);
     constexpr std::size_t kBlock = 4096;
     const std::size_t blocks = (rows + kBlock - 1) / kBlock;
     parallel_ranges(blocks, threads, [&](std::size_t b0, std::size_t b1) {
-      std::vector<float> z(L);
+      std::vector<float> z(lat);
       for (std::size_t b = b0; b < b1; ++b) {
-        std::mt19937_64 rng(s.seed ^ (stream * 0x9E3779B97F4A7C15ULL) ^ (b * 0xBF58476D1CE4E5B9ULL));
+        std::mt19937_64 rng(s.seed ^ (stream * 0x9E3779B97F4A7C15ULL) ^
+                            (b * 0xBF58476D1CE4E5B9ULL));
         std::discrete_distribution<std::size_t> pick(weights.begin(), weights.end());
         std::normal_distribution<float> gauss(0.0F, 1.0F);
         for (std::size_t r = b * kBlock; r < std::min(rows, (b + 1) * kBlock); ++r) {
           const std::size_t c = pick(rng);
-          for (std::size_t j = 0; j < L; ++j) {
-            z[j] = centres[c * L + j] + static_cast<float>(s.spread) * gauss(rng);
+          for (std::size_t j = 0; j < lat; ++j) {
+            z[j] = centres[c * lat + j] + static_cast<float>(s.spread) * gauss(rng);
           }
           float* x = out.data() + r * s.dim;
           for (std::size_t i = 0; i < s.dim; ++i) {
             float v = static_cast<float>(s.noise) * gauss(rng);
-            for (std::size_t j = 0; j < L; ++j) v += map[i * L + j] * z[j];
+            for (std::size_t j = 0; j < lat; ++j) v += map[i * lat + j] * z[j];
             x[i] = v;
           }
         }
@@ -196,8 +199,8 @@ inline Dataset make_clustered(const ClusteredSpec& s, int threads) {
   d.base = draw(s.n, 1);
   d.queries = draw(s.nq, 2);
   char key[256];
-  std::snprintf(key, sizeof key, "clustered-n%zu-q%zu-d%zu-lat%zu-c%zu-s%g-z%g-seed%llu", s.n,
-                s.nq, s.dim, s.latent_dim, s.clusters, s.spread, s.noise,
+  std::snprintf(key, sizeof key, "clustered-n%zu-q%zu-d%zu-lat%zu-c%zu-s%g-z%g-seed%llu", s.n, s.nq,
+                s.dim, s.latent_dim, s.clusters, s.spread, s.noise,
                 static_cast<unsigned long long>(s.seed));
   d.key = key;
   char text[1024];
@@ -209,7 +212,7 @@ inline Dataset make_clustered(const ClusteredSpec& s, int threads) {
                 "queries are fresh draws from the same distribution; squared L2. The clusters "
                 "overlap, so a query's neighbours spread over many inverted lists.",
                 s.n, s.nq, s.dim, static_cast<unsigned long long>(s.seed), s.clusters, s.spread,
-                L, s.dim, s.noise);
+                lat, s.dim, s.noise);
   d.description = text;
   return d;
 }
@@ -242,8 +245,7 @@ inline Dataset make_catalog(const CatalogSpec& s, const std::filesystem::path& c
       "The item titles of a generated catalogue of " + std::to_string(s.items) +
       " items (tools/shopgen, seed " + std::to_string(s.seed) +
       ", bilingual Chinese/English titles) encoded by funnel's default HashingEncoder (dim " +
-      std::to_string(s.dim) +
-      ", unit vectors), inner product. Queries: " + std::to_string(s.nq) +
+      std::to_string(s.dim) + ", unit vectors), inner product. Queries: " + std::to_string(s.nq) +
       " user vectors, each the HistoryProfile mean vector (event-type weights, 14-day "
       "half-life, last 100 events) of one generated user's " +
       std::to_string(s.days) + "-day history, as the funnel's coarse stage would use them.";
@@ -324,8 +326,8 @@ inline Dataset make_catalog(const CatalogSpec& s, const std::filesystem::path& c
 
 /// The exact top-k of every query (funnel's ExactCoarseRanker, which
 /// bench_exact_search checks against FAISS's IndexFlat), cached in `cache`.
-inline GroundTruth ground_truth(const Dataset& d, std::size_t k,
-                                const std::filesystem::path& cache, int threads) {
+inline GroundTruth ground_truth(const Dataset& d, std::size_t k, const std::filesystem::path& cache,
+                                int threads) {
   const std::string stem = d.key + ".gt-k" + std::to_string(k);
   const std::filesystem::path ids_path = cache / (stem + ".ids.npy");
   const std::filesystem::path dist_path = cache / (stem + ".dist.npy");

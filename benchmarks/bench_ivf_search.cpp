@@ -10,6 +10,7 @@
 // (see usage() below, or --help). run_ivf_benchmark.sh runs all three.
 
 #include <dlfcn.h>
+#include <hnswlib/hnswlib.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -38,7 +39,6 @@
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/invlists/InvertedLists.h>
-#include <hnswlib/hnswlib.h>
 
 #include "bench_ivf_data.hpp"
 #include "funnel/error.hpp"
@@ -104,7 +104,7 @@ void usage() {
       "  --train-per-list N     k-means sample: N x nlist vectors (64)\n"
       "  --time-faiss-train 0|1 also time FAISS's k-means on the same sample (1)\n"
       "  --hnsw-m N --hnsw-efc N   hnswlib M (16) and efConstruction (200)\n"
-      "  clustered: --latent-dim N (16) --clusters N (16384) --spread X (1.0)\n"
+      "  clustered: --latent-dim N (12) --clusters N (16384) --spread X (1.0)\n"
       "             --noise X (0.1) --seed N (42)\n"
       "  catalog:   --catalog-dim N (256) --catalog-seed N (1) --catalog-days N (30)");
 }
@@ -230,8 +230,8 @@ Options parse_options(int argc, char** argv) {
   if (o.nlist == 0) {
     // Lists scale with the base so that a list holds about as many vectors
     // at every scale; a power of two, as FAISS users pick.
-    const double lists = (o.dataset == "fashion-mnist" ? 1024.0 : 4096.0) * double(o.n) /
-                         double(full_n);
+    const double lists =
+        (o.dataset == "fashion-mnist" ? 1024.0 : 4096.0) * double(o.n) / double(full_n);
     o.nlist = std::size_t{1} << static_cast<unsigned>(std::max(0.0, std::round(std::log2(lists))));
   }
   if (o.fashion_dir.empty()) o.fashion_dir = o.cache / "fashion-mnist";
@@ -454,7 +454,8 @@ double query_recall(const Dataset& d, const GroundTruth& gt, std::size_t q, cons
   std::unordered_set<std::int64_t> seen;
   for (std::size_t j = 0; j < k; ++j) {
     const std::int64_t id = got[j];
-    if (id < 0 || static_cast<std::size_t>(id) >= d.base.rows() || !seen.insert(id).second) continue;
+    if (id < 0 || static_cast<std::size_t>(id) >= d.base.rows() || !seen.insert(id).second)
+      continue;
     if (std::find(truth, truth + k, id) != truth + k) {
       ++hits;
       continue;
@@ -470,8 +471,8 @@ double query_recall(const Dataset& d, const GroundTruth& gt, std::size_t q, cons
       }
     }
     const double tol = 1e-5 * std::max(1.0, std::abs(double(kth)));
-    const bool as_good = d.metric == funnel::Metric::l2 ? dist <= double(kth) + tol
-                                                        : dist >= double(kth) - tol;
+    const bool as_good =
+        d.metric == funnel::Metric::l2 ? dist <= double(kth) + tol : dist >= double(kth) - tol;
     if (as_good) ++hits;
   }
   return static_cast<double>(std::min(hits, k)) / static_cast<double>(k);
@@ -547,14 +548,14 @@ Measured measure(Method& method, std::size_t param, const Dataset& d, const Grou
     }
   }
   row.recall_single = mean_recall(d, gt, single, sq, k);
-  const std::vector<std::int64_t> batched_subset(m.labels.begin(),
-                                                 m.labels.begin() + static_cast<std::ptrdiff_t>(sq * k));
+  const std::vector<std::int64_t> batched_subset(
+      m.labels.begin(), m.labels.begin() + static_cast<std::ptrdiff_t>(sq * k));
   const double recall_subset = mean_recall(d, gt, batched_subset, sq, k);
   if (std::abs(recall_subset - row.recall_single) > 0.005) {
-    std::printf("  WARNING: %s %s=%zu: single-query recall %.4f differs from batched %.4f on the "
-                "same %zu queries\n",
-                row.method.c_str(), row.param_name.c_str(), param, row.recall_single,
-                recall_subset, sq);
+    std::printf(
+        "  WARNING: %s %s=%zu: single-query recall %.4f differs from batched %.4f on the "
+        "same %zu queries\n",
+        row.method.c_str(), row.param_name.c_str(), param, row.recall_single, recall_subset, sq);
   }
   return m;
 }
@@ -565,7 +566,9 @@ Measured measure(Method& method, std::size_t param, const Dataset& d, const Grou
 // covers.
 double faiss_qps_at(const std::vector<Row>& faiss_rows, double recall, bool batched) {
   std::vector<std::pair<double, double>> points;
-  for (const Row& r : faiss_rows) points.emplace_back(r.recall, batched ? r.qps_batched : r.qps_single);
+  points.reserve(faiss_rows.size());
+  for (const Row& r : faiss_rows)
+    points.emplace_back(r.recall, batched ? r.qps_batched : r.qps_single);
   // By recall descending (QPS descending on ties), keep a point only when it
   // is faster than every point of higher or equal recall.
   std::sort(points.begin(), points.end(), [](const auto& a, const auto& b) {
@@ -576,6 +579,12 @@ double faiss_qps_at(const std::vector<Row>& faiss_rows, double recall, bool batc
     if (frontier.empty() || p.second > frontier.back().second) frontier.push_back(p);
   }
   std::reverse(frontier.begin(), frontier.end());  // recall ascending
+  // Below the frontier but within the recalls FAISS was measured at, FAISS
+  // reaches that recall (and more) at the frontier's first point.
+  if (!frontier.empty() && recall < frontier.front().first) {
+    return recall >= points.back().first ? frontier.front().second
+                                         : std::numeric_limits<double>::quiet_NaN();
+  }
   for (std::size_t i = 0; i < frontier.size(); ++i) {
     if (frontier[i].first == recall) return frontier[i].second;
     if (i + 1 < frontier.size() && frontier[i].first < recall && recall < frontier[i + 1].first) {
@@ -649,8 +658,8 @@ Built build_all(const Dataset& d, const Options& o) {
   config.train_size = o.train_per_list * o.nlist;
   config.description = "IVF" + nl + ",Flat";
   const funnel::Matrix<float> sample = training_sample(d, config.train_size);
-  const bool ivf = wants(o, "funnel-ivf-flat") || wants(o, "funnel-ivf-sq8") ||
-                   wants(o, "faiss-ivf-flat");
+  const bool ivf =
+      wants(o, "funnel-ivf-flat") || wants(o, "funnel-ivf-sq8") || wants(o, "faiss-ivf-flat");
 
   // The shared centroids: trained once (by funnel or by FAISS), then used by
   // every IVF index, so that nprobe means the same lists everywhere.
@@ -662,7 +671,8 @@ Built build_all(const Dataset& d, const Options& o) {
     funnel_flat = funnel::IvfCoarseRanker::train(config, sample.view());
     train_s = seconds_since(start);
     centroids = funnel_flat->centroids();
-    built.notes.push_back("The " + nl + " centroids were trained by funnel's IvfCoarseRanker::train (" +
+    built.notes.push_back("The " + nl +
+                          " centroids were trained by funnel's IvfCoarseRanker::train (" +
                           std::to_string(sample.rows()) + "-vector sample, " +
                           std::to_string(config.kmeans_iterations) + " k-means iterations) in " +
                           fmt("%.1f", train_s) +
@@ -675,6 +685,7 @@ Built build_all(const Dataset& d, const Options& o) {
     cp.niter = static_cast<int>(config.kmeans_iterations);
     cp.seed = static_cast<int>(config.seed);
     cp.max_points_per_centroid = static_cast<int>(o.train_per_list);
+    cp.spherical = d.metric == funnel::Metric::inner_product;  // as funnel trains IP lists
     faiss::Clustering clustering(static_cast<int>(dim), static_cast<int>(o.nlist), cp);
     const std::unique_ptr<faiss::IndexFlat> assigner = flat_index(d.metric, dim);
     clustering.train(static_cast<faiss::Index::idx_t>(sample.rows()), sample.data(), *assigner);
@@ -686,33 +697,39 @@ Built build_all(const Dataset& d, const Options& o) {
                           " s; FAISS's build time includes it, funnel's indexes get the same "
                           "centroids and their build time is adding the vectors.");
   }
-  if (ivf) std::printf("  centroids: %zu trained by %s in %.1f s\n", o.nlist, o.trainer.c_str(), train_s);
+  if (ivf)
+    std::printf("  centroids: %zu trained by %s in %.1f s\n", o.nlist, o.trainer.c_str(), train_s);
 
   if (ivf && o.trainer == "funnel" && o.time_faiss_train) {
     const auto start = Clock::now();
     faiss::ClusteringParameters cp;
     cp.niter = static_cast<int>(config.kmeans_iterations);
     cp.max_points_per_centroid = static_cast<int>(o.train_per_list);
+    cp.spherical = d.metric == funnel::Metric::inner_product;
     faiss::Clustering clustering(static_cast<int>(dim), static_cast<int>(o.nlist), cp);
     const std::unique_ptr<faiss::IndexFlat> assigner = flat_index(d.metric, dim);
     clustering.train(static_cast<faiss::Index::idx_t>(sample.rows()), sample.data(), *assigner);
     const double faiss_train_s = seconds_since(start);
-    built.notes.push_back("For comparison, FAISS's own k-means on the same sample (same "
-                          "iterations, " + std::to_string(o.threads) + " threads) took " +
-                          fmt("%.1f", faiss_train_s) + " s (its centroids are not used).");
+    built.notes.push_back(
+        "For comparison, FAISS's own k-means on the same sample (same "
+        "iterations, " +
+        std::to_string(o.threads) + " threads) took " + fmt("%.1f", faiss_train_s) +
+        " s (its centroids are not used).");
     std::printf("  FAISS k-means on the same sample, for comparison: %.1f s\n", faiss_train_s);
   }
 
   if (wants(o, "funnel-ivf-flat")) {
     auto start = Clock::now();
-    if (!funnel_flat) funnel_flat = funnel::IvfCoarseRanker::with_centroids(config, centroids.view());
+    if (!funnel_flat)
+      funnel_flat = funnel::IvfCoarseRanker::with_centroids(config, centroids.view());
     const double created_s = seconds_since(start);
     start = Clock::now();
     funnel_flat->add(d.base.view(), ids);
     auto m = std::make_unique<FunnelMethod>("funnel-ivf-flat", std::move(funnel_flat), nprobes);
     m->build_s = (o.trainer == "funnel" ? train_s : created_s) + seconds_since(start);
     std::printf("  funnel-ivf-flat: built in %.1f s, %.1f MB, kernel %s\n", m->build_s,
-                m->memory_bytes() / 1e6, std::string(funnel::to_string(m->index().kernel())).c_str());
+                m->memory_bytes() / 1e6,
+                std::string(funnel::to_string(m->index().kernel())).c_str());
     built.methods.push_back(std::move(m));
   }
   if (wants(o, "funnel-ivf-sq8")) {
@@ -723,7 +740,8 @@ Built build_all(const Dataset& d, const Options& o) {
     index->add(d.base.view(), ids);
     auto m = std::make_unique<FunnelMethod>("funnel-ivf-sq8", std::move(index), nprobes);
     m->build_s = seconds_since(start);
-    std::printf("  funnel-ivf-sq8: built in %.1f s, %.1f MB\n", m->build_s, m->memory_bytes() / 1e6);
+    std::printf("  funnel-ivf-sq8: built in %.1f s, %.1f MB\n", m->build_s,
+                m->memory_bytes() / 1e6);
     built.methods.push_back(std::move(m));
   }
   if (wants(o, "faiss-ivf-flat")) {
@@ -737,7 +755,8 @@ Built build_all(const Dataset& d, const Options& o) {
     index->add(static_cast<faiss::Index::idx_t>(n), d.base.data());
     auto m = std::make_unique<FaissMethod>(std::move(quantizer), std::move(index), nprobes);
     m->build_s = seconds_since(start) + (o.trainer == "faiss" ? train_s : 0.0);
-    std::printf("  faiss-ivf-flat: built in %.1f s, %.1f MB\n", m->build_s, m->memory_bytes() / 1e6);
+    std::printf("  faiss-ivf-flat: built in %.1f s, %.1f MB\n", m->build_s,
+                m->memory_bytes() / 1e6);
     built.methods.push_back(std::move(m));
   }
   if (wants(o, "hnswlib")) {
@@ -805,10 +824,10 @@ std::vector<std::string> targets(const std::vector<Row>& rows) {
     const Row* fb = best_at_target(rows, method, true);
     if (faiss1 != nullptr) {
       const double x = f1 == nullptr ? 0.0 : f1->qps_single / faiss1->qps_single;
-      lines.push_back(verdict(x >= 2.0) + " " + label(method) +
-                      " single-query >= 2x FAISS IVF-Flat at recall@10 >= 0.95: " +
-                      describe(f1, false) + " vs " + describe(faiss1, false) + " = " +
-                      fmt("%.2fx", x));
+      lines.push_back(
+          verdict(x >= 2.0) + " " + label(method) +
+          " single-query >= 2x FAISS IVF-Flat at recall@10 >= 0.95: " + describe(f1, false) +
+          " vs " + describe(faiss1, false) + " = " + fmt("%.2fx", x));
     }
     if (faissb != nullptr) {
       const double x = fb == nullptr ? 0.0 : fb->qps_batched / faissb->qps_batched;
@@ -821,10 +840,12 @@ std::vector<std::string> targets(const std::vector<Row>& rows) {
       lines.push_back(verdict(x >= 1.0) + " " + label(method) +
                       " batched >= hnswlib at recall@10 >= 0.95: " + describe(fb, true) + " vs " +
                       describe(hnswb, true) + " = " + fmt("%.2fx", x));
-    } else if (std::any_of(rows.begin(), rows.end(), [](const Row& r) { return r.method == "hnswlib"; })) {
+    } else if (std::any_of(rows.begin(), rows.end(),
+                           [](const Row& r) { return r.method == "hnswlib"; })) {
       lines.push_back(verdict(fb != nullptr) + " " + label(method) +
                       " batched >= hnswlib at recall@10 >= 0.95: hnswlib never reaches 0.95 in "
-                      "the ef sweep; funnel: " + describe(fb, true));
+                      "the ef sweep; funnel: " +
+                      describe(fb, true));
     }
   }
   // SQ8 against Flat: memory, and the recall lost at every nprobe where
@@ -854,9 +875,10 @@ std::vector<std::string> targets(const std::vector<Row>& rows) {
       }
     }
     const double ratio = sq8_mb / flat_mb;
-    lines.push_back(verdict(ratio <= 0.3) + " funnel IVF-SQ8 memory <= 0.3x IVF-Flat: " +
-                    fmt("%.1f", sq8_mb) + " MB vs " + fmt("%.1f", flat_mb) + " MB = " +
-                    fmt("%.3fx", ratio) + " (whole index: codes, ids, centroids, id map)");
+    lines.push_back(verdict(ratio <= 0.3) +
+                    " funnel IVF-SQ8 memory <= 0.3x IVF-Flat: " + fmt("%.1f", sq8_mb) + " MB vs " +
+                    fmt("%.1f", flat_mb) + " MB = " + fmt("%.3fx", ratio) +
+                    " (whole index: codes, ids, centroids, id map)");
     if (worst_at == 0) {
       lines.push_back("SHORT funnel IVF-SQ8 recall loss <= 0.01: IVF-Flat never reaches 0.95");
     } else {
@@ -882,8 +904,8 @@ void write_outputs(const Options& o, const Dataset& d, const std::vector<Row>& r
           << fmt("%.5f", r.recall) << "," << fmt("%.1f", r.qps_single) << ","
           << fmt("%.1f", r.qps_batched) << "," << fmt("%.4f", r.ratio_single) << ","
           << fmt("%.4f", r.ratio_batched) << "," << fmt("%.2f", r.build_s) << ","
-          << fmt("%.2f", r.memory_mb) << "," << fmt("%.5f", r.recall_single) << ","
-          << r.single_mode << "," << fmt("%.5f", r.same_ids) << "\n";
+          << fmt("%.2f", r.memory_mb) << "," << fmt("%.5f", r.recall_single) << "," << r.single_mode
+          << "," << fmt("%.5f", r.same_ids) << "\n";
     }
   }
   {
@@ -894,6 +916,7 @@ void write_outputs(const Options& o, const Dataset& d, const std::vector<Row>& r
       if (std::find(order.begin(), order.end(), r.method) == order.end()) order.push_back(r.method);
     }
     for (const std::string& method : order) {
+      if (method != order.front()) dat << "\n\n";  // gnuplot's block separator
       dat << "\"" << label(method) << "\" qps_single qps_batched param\n";
       std::vector<const Row*> points;
       for (const Row& r : rows) {
@@ -905,15 +928,14 @@ void write_outputs(const Options& o, const Dataset& d, const std::vector<Row>& r
         dat << fmt("%.5f", r->recall) << " " << fmt("%.2f", r->qps_single) << " "
             << fmt("%.2f", r->qps_batched) << " " << r->param << "\n";
       }
-      dat << "\n\n";
     }
   }
   {
     std::ofstream md(o.out_dir / (d.name + ".md"));
     md << "## " << d.name << "\n\n" << d.description << "\n\n";
     md << "Indexes: " << o.nlist << " inverted lists for every IVF index; hnswlib M=" << o.hnsw_m
-       << ", efConstruction=" << o.hnsw_ef_construction << "; k=" << o.k << "; "
-       << d.base.rows() << " base vectors, " << d.queries.rows() << " queries.\n\n";
+       << ", efConstruction=" << o.hnsw_ef_construction << "; k=" << o.k << "; " << d.base.rows()
+       << " base vectors, " << d.queries.rows() << " queries.\n\n";
     md << table(rows) << "\n";
     md << "Targets (recall@10 >= 0.95; the best QPS of each index among its settings that reach "
           "it):\n\n";
@@ -948,10 +970,9 @@ int run(const Options& o) {
   std::map<std::size_t, std::vector<std::int64_t>> faiss_labels;  // nprobe -> labels
   std::map<std::pair<std::string, std::size_t>, std::vector<std::int64_t>> funnel_labels;
   // FAISS first, so that the others' rows can be compared with it.
-  std::stable_sort(built.methods.begin(), built.methods.end(),
-                   [](const auto& a, const auto& b) {
-                     return a->key() == "faiss-ivf-flat" && b->key() != "faiss-ivf-flat";
-                   });
+  std::stable_sort(built.methods.begin(), built.methods.end(), [](const auto& a, const auto& b) {
+    return a->key() == "faiss-ivf-flat" && b->key() != "faiss-ivf-flat";
+  });
   for (const auto& method : built.methods) {
     for (const std::size_t p : method->params()) {
       Measured m = measure(*method, p, d, gt, o);
@@ -985,9 +1006,9 @@ int run(const Options& o) {
   // nprobe at which FAISS reaches the target recall.
   for (const Row& r : faiss_rows) {
     if (r.recall >= kTargetRecall) {
-      const std::string line = "FAISS IVF-Flat first reaches recall@10 >= 0.95 at nprobe=" +
-                               std::to_string(r.param) + " of " + std::to_string(o.nlist) +
-                               " lists (recall " + fmt("%.4f", r.recall) + ").";
+      const std::string line =
+          "FAISS IVF-Flat first reaches recall@10 >= 0.95 at nprobe=" + std::to_string(r.param) +
+          " of " + std::to_string(o.nlist) + " lists (recall " + fmt("%.4f", r.recall) + ").";
       std::printf("%s\n", line.c_str());
       built.notes.insert(built.notes.begin(), line);
       break;
@@ -999,7 +1020,8 @@ int run(const Options& o) {
       ", so one query may use " + std::to_string(o.threads) +
       " threads; FAISS: the faster of parallel_mode 0 and 1 with " + std::to_string(o.threads) +
       " OpenMP threads; hnswlib: one thread, as a service calls it). QPS batched: all queries "
-      "in calls of " + std::to_string(o.batch) + " (hnswlib: " + std::to_string(o.threads) +
+      "in calls of " +
+      std::to_string(o.batch) + " (hnswlib: " + std::to_string(o.threads) +
       " std::threads over the queries of a call). Best of " + std::to_string(o.runs) +
       " timed run(s) after one untimed call. x FAISS: QPS divided by FAISS IVF-Flat's QPS at the "
       "same recall (interpolated on FAISS's curve; — outside its recall range). Memory: funnel's "

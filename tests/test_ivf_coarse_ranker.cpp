@@ -13,6 +13,7 @@
 #include <memory>
 #include <random>
 #include <set>
+#include <stdexcept>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -594,6 +595,39 @@ TEST_CASE("filters are applied inside the scan", "[ivf][filter]") {
   CHECK(empty.returned == 0);
   for (const ItemId id : empty.labels) CHECK(id == kNoItem);
   for (const float d : empty.distances) CHECK(d == pad_of(metric));
+}
+
+TEST_CASE("an exception from a filter propagates and releases the index",
+          "[ivf][filter][concurrency]") {
+  const auto base = clustered_vectors(kBase, kDim, 37);
+  const auto ids = scattered_ids(kBase);
+  const auto ranker = trained(make_config("IVF16,Flat", Metric::l2, kDim, 3), base, ids);
+  const funnel::PredicateFilter failing([](ItemId id) {
+    if (id % 5 == 0) throw std::runtime_error("filter failed");
+    return true;
+  });
+  // One query (its lists split over 3 threads), 6 queries (split by query)
+  // and 40 (grouped by list): the worker's exception reaches the caller.
+  for (const std::size_t nq : {std::size_t{1}, std::size_t{6}, std::size_t{40}}) {
+    CAPTURE(nq);
+    const auto queries = clustered_vectors(nq, kDim, 38);
+    CHECK_THROWS_WITH(run_search(*ranker, queries, 10, 8, &failing), "filter failed");
+  }
+  // The lock was released: writers and readers still get through.
+  const std::vector<float> one(base.begin(), base.begin() + kDim);
+  ranker->add(view(one, kDim), std::vector<ItemId>{1});
+  CHECK(ranker->remove(std::vector<ItemId>{1}).removed == 1);
+  CHECK(run_search(*ranker, one, 1, 16).label(0, 0) == ids[0]);
+  // A plain SearchParams works too: its filter, default_nprobe.
+  funnel::SearchParams plain;
+  const funnel::DenyListFilter deny(std::vector<ItemId>{ids[0]});
+  plain.filter = &deny;
+  std::vector<float> d(3);
+  std::vector<ItemId> l(3);
+  ranker->search(view(one, kDim), 3, MatrixView<float>(d.data(), 1, 3),
+                 MatrixView<ItemId>(l.data(), 1, 3), &plain);
+  CHECK(std::find(l.begin(), l.end(), ids[0]) == l.end());
+  CHECK(l[0] != kNoItem);
 }
 
 TEST_CASE("k larger than the eligible items pads and reports", "[ivf]") {

@@ -33,7 +33,7 @@ set style line 3 lc rgb '#d62728' lw 2 pt 9 ps 1.2
 set style line 4 lc rgb '#9467bd' lw 2 pt 13 ps 1.2
 set style line 5 lc rgb '#ff7f0e' lw 2 pt 11 ps 1.2
 
-set multiplot layout 1,2 title plottitle font ',13'
+set multiplot layout 1,2 title plottitle font ',13' noenhanced
 set title 'one query per call'
 plot for [i=0:blocks-1] datafile index i using 1:2 with linespoints ls (i+1) title columnheader(1)
 set title 'batches of 1,000 queries'

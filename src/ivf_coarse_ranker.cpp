@@ -623,6 +623,8 @@ class ChecksumFileWriter final : public faiss::IOWriter {
  public:
   explicit ChecksumFileWriter(std::FILE* file) : file_(file) {}
   std::size_t operator()(const void* ptr, std::size_t size, std::size_t nitems) override {
+    // FAISS writes empty lists as (nullptr, size, 0); fwrite wants a pointer.
+    if (size == 0 || nitems == 0) return nitems;
     const std::size_t written = std::fwrite(ptr, size, nitems, file_);
     checksum_.update(ptr, written * size);
     bytes_ += written * size;
@@ -642,8 +644,9 @@ class BytesReader final : public faiss::IOReader {
  public:
   explicit BytesReader(std::string_view bytes) : bytes_(bytes) {}
   std::size_t operator()(void* ptr, std::size_t size, std::size_t nitems) override {
-    if (size == 0) return 0;
+    if (size == 0 || nitems == 0) return nitems;
     const std::size_t items = std::min(nitems, (bytes_.size() - pos_) / size);
+    if (items == 0) return 0;
     std::memcpy(ptr, bytes_.data() + pos_, items * size);
     pos_ += items * size;
     return items;

@@ -1227,7 +1227,10 @@ std::size_t IvfCoarseRanker::memory_bytes() const {
   }
   for (const std::vector<float>& norms : s.row_norms) bytes += norms.capacity() * sizeof(float);
   if (s.sq_vmin != nullptr) bytes += 2 * s.dim * sizeof(float);
-  if (s.pq != nullptr) bytes += s.pq->centroids.capacity() * sizeof(float);
+  if (s.pq != nullptr) {
+    bytes += (s.pq->centroids.capacity() + s.pq_transposed.capacity() + s.pq_norms.capacity()) *
+             sizeof(float);
+  }
   bytes += s.id_map.memory_bytes();
   return bytes;
 }

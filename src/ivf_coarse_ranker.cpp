@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <limits>
 #include <mutex>
 #include <new>
@@ -53,6 +54,7 @@
 #include "internal/ivf_id_map.hpp"
 #include "internal/ivf_kernels.hpp"
 #include "internal/rw_lock.hpp"
+#include "internal/worker_pool.hpp"
 
 namespace funnel {
 
@@ -361,6 +363,15 @@ void run_workers(std::size_t workers, const Fn& fn) {
   for (const std::exception_ptr& e : errors) {
     if (e) std::rethrow_exception(e);
   }
+}
+
+// As run_workers, for the parts of one search() call: on the threads of a
+// process-wide pool that stay alive between calls (internal/worker_pool.hpp),
+// because starting threads per call costs more than a short search and, on
+// a busy machine, can stall it for a scheduler tick. At most `workers`
+// threads, the caller included, work on the call.
+void search_workers(std::size_t workers, const std::function<void(std::size_t)>& fn) {
+  detail::WorkerPool::shared().run(workers, fn);
 }
 
 // The [begin, end) share of `total` items that worker w of `workers` takes.
@@ -1645,7 +1656,7 @@ void search_grouped(const State& s, const SearchJob& job, std::size_t threads,
   std::vector<HeapSet<kMetric>> partial;
   partial.reserve(workers);
   for (std::size_t w = 0; w < workers; ++w) partial.emplace_back(job.nq, job.k);
-  run_workers(workers, [&](std::size_t w) { scan_range(cut[w], cut[w + 1], partial[w]); });
+  search_workers(workers, [&](std::size_t w) { scan_range(cut[w], cut[w + 1], partial[w]); });
   for (const HeapSet<kMetric>& part : partial) heaps.merge(part);
 }
 
@@ -1667,7 +1678,7 @@ std::size_t search_impl(const State& s, SearchJob job, bool grouped, std::size_t
       scan_per_query<kMetric>(s, job, 0, nq, 0, job.nprobe, heaps);
     } else if (nq >= threads) {
       // Enough queries: each worker owns a run of queries and their heaps.
-      run_workers(threads, [&](std::size_t w) {
+      search_workers(threads, [&](std::size_t w) {
         const auto [q0, q1] = share(nq, threads, w);
         scan_per_query<kMetric>(s, job, q0, q1, 0, job.nprobe, heaps);
       });
@@ -1678,7 +1689,7 @@ std::size_t search_impl(const State& s, SearchJob job, bool grouped, std::size_t
       std::vector<HeapSet<kMetric>> partial;
       partial.reserve(workers);
       for (std::size_t w = 0; w < workers; ++w) partial.emplace_back(nq, k);
-      run_workers(workers, [&](std::size_t w) {
+      search_workers(workers, [&](std::size_t w) {
         const auto [p0, p1] = share(job.nprobe, workers, w);
         scan_per_query<kMetric>(s, job, 0, nq, p0, p1, partial[w]);
       });

@@ -97,10 +97,15 @@
 /// taking the lock and holds it exclusively only to re-check ids and
 /// append; remove() holds it exclusively. A search therefore sees each
 /// add() or remove() entirely or not at all. With config.threads > 1 one
-/// search() call spreads its work over that many std::threads (queries;
-/// the probed lists of each query when there are fewer queries than
-/// threads; lists, with per-thread heaps, in the grouped path); the results
-/// do not depend on the thread count.
+/// search() call spreads its work over at most that many threads, the
+/// caller included (queries; the probed lists of each query when there are
+/// fewer queries than threads; lists, with per-thread heaps, in the grouped
+/// path); the results do not depend on the thread count. The helper threads
+/// of search() belong to one process-wide pool that keeps them between
+/// calls (started on first need, as many as the largest config.threads - 1
+/// seen), so a short search never pays for starting a thread; the caller
+/// runs every part no pool thread has begun. train() and add() start their
+/// own threads per call.
 
 #include <cstddef>
 #include <cstdint>

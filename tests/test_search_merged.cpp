@@ -14,7 +14,6 @@
 #include "funnel/error.hpp"
 #include "funnel/exact_coarse_ranker.hpp"
 
-using funnel::CoarseRanker;
 using funnel::ExactCoarseRanker;
 using funnel::ExactCoarseRankerConfig;
 using funnel::ItemId;
@@ -76,6 +75,7 @@ TEST_CASE("search_merged best_distance equals the brute-force union", "[merge]")
     const bool higher = metric == Metric::inner_product;
     for (std::size_t q = 0; q < nq; ++q) {
       std::vector<std::pair<double, std::size_t>> all;
+      all.reserve(d.ids.size());
       for (std::size_t i = 0; i < d.ids.size(); ++i) all.emplace_back(score(d, q, i, metric), i);
       std::sort(all.begin(), all.end(), [&](const auto& a, const auto& b) {
         return higher ? a.first > b.first : a.first < b.first;
@@ -90,6 +90,7 @@ TEST_CASE("search_merged best_distance equals the brute-force union", "[merge]")
       }
     }
     std::vector<std::pair<double, ItemId>> expected;
+    expected.reserve(best.size());
     for (const auto& [id, s] : best) expected.emplace_back(s.first, id);
     std::sort(expected.begin(), expected.end(), [&](const auto& a, const auto& b) {
       return higher ? a.first > b.first : a.first < b.first;

@@ -64,6 +64,7 @@ TEST_CASE("worker pool serves many callers at once", "[pool][concurrency]") {
   constexpr int kCalls = 50;
   std::vector<long> sums(kCallers, 0);
   std::vector<std::thread> callers;
+  callers.reserve(kCallers);
   for (int c = 0; c < kCallers; ++c) {
     callers.emplace_back([&, c] {
       for (int call = 0; call < kCalls; ++call) {

@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+/// @file
+/// DeepFineRanker: the multi-task deep FineRanker (MMoE body, target
+/// attention over the user's history; the network is DeepRankerModel in
+/// deep_ranker.hpp). It turns a request (UserContext + candidates) into one
+/// DeepRankerBatch (one user row, nc candidate rows), runs the network once,
+/// and reports each task as a score column: binary and ctcvr tasks as
+/// probabilities (a ctcvr task as its conditional probability, e.g. cvr =
+/// P(purchase | click)), regression tasks as expected target values
+/// (expm1(max(0, o)), e.g. dwell seconds), so scores are >= 0 as
+/// FineRanker requires.
+///
+/// ## Features (names usable in DeepFeatureConfig)
+/// User categorical: "age_band" (<18, 18-24, 25-34, 35-44, 45-54, 55+ from
+///   UserProfile::age), "gender", "location", or any key of
+///   UserProfile::categorical. Empty / missing values are out of vocabulary.
+/// User numeric: "log_history_events" (log(1 + events in the history before
+///   the request)), or any key of UserProfile::numeric (missing: the
+///   feature's training mean).
+/// Item categorical: "category", "brand", "price_band" (deciles of log price
+///   over the training catalogue; unknown price = out of vocabulary), or
+///   "attr:<key>" (Item::attrs).
+/// Item numeric: "coarse_score" (Candidate::coarse_score; in training, where
+///   no coarse stage ran, the inner product of the item's vector with the
+///   mean vector of the user's history before the example, which is what an
+///   exact inner-product stage returns for a history-only user vector),
+///   "log_price" (log(1 + price), 0 when unknown), "log_popularity"
+///   (log(1 + events of the item in the training period)).
+/// History tokens: the user's most recent history_length events before the
+///   request (of items the catalogue knows), oldest first: the item's
+///   catalogue vector, its history-category index, the event type and the
+///   recency bucket relative to UserContext::now_ts.
+/// Vocabularies come from the training data (values seen at least
+/// min_count times); at serving time an unknown value maps to index 0 and
+/// is counted (stats()).
+///
+/// ## Training examples (train(), export_examples())
+/// Each `view` is an impression. A task labelled "click" gets 1 when the
+/// same user clicks the same item within attribution_window_s after the
+/// view; "cart" / "purchase" the same for a cart / purchase within the
+/// window after that click (so a ctcvr task's joint label is "clicked and
+/// then purchased"); "dwell" gets log(1 + dwell_s) of that click when it
+/// has one, otherwise no label. Unclicked impressions are kept with
+/// probability negative_keep (seeded). A log without views (e.g. purchases
+/// only) sets sampled_negatives > 0: each event of another type becomes a
+/// positive impression, and that many catalogue items drawn uniformly
+/// (seeded, not interacted with by the user) become unclicked impressions at
+/// the same time. Features of an example see only the events strictly
+/// before it. Examples are ordered by time; the latest validation_fraction
+/// is held out for early stopping.
+///
+/// ## Files
+/// save() writes the DeepRankerModel directory plus `features.json`
+/// (format "funnel.deep_fine_ranker", version 1: DeepFeatureConfig,
+/// price-band bounds, item popularity counts, checksum). load() validates
+/// it against the model's config (every feature name known, vocabularies
+/// matching) and binds the catalogue (vectors of the model's
+/// item_vector_dim required).
+///
+/// Threading: immutable after construction except the stats counters
+/// (atomic); score() may run concurrently.
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "funnel/catalog.hpp"
+#include "funnel/deep_ranker.hpp"
+#include "funnel/event.hpp"
+#include "funnel/fine_ranker.hpp"
+#include "funnel/user.hpp"
+
+namespace funnel {
+
+/// Which features DeepFineRanker feeds the network (see the file comment).
+struct DeepFeatureConfig {
+  std::vector<std::string> user_categorical = {"age_band", "gender", "location"};
+  std::vector<std::string> user_numeric = {"log_history_events"};
+  std::vector<std::string> item_categorical = {"category", "brand", "price_band"};
+  std::vector<std::string> item_numeric = {"coarse_score", "log_price", "log_popularity"};
+  std::string history_category =
+      "category";                  ///< which item categorical feature history tokens carry
+  std::size_t embedding_dim = 16;  ///< width of every categorical embedding
+  std::size_t min_count = 1;       ///< vocabulary: values seen at least this often
+
+  /// @throws Error(invalid_argument) naming an unknown feature or bad field.
+  void validate() const;
+};
+
+/// How train() turns an event log into examples.
+struct DeepExampleConfig {
+  std::int64_t attribution_window_s = 3600;
+  double negative_keep = 1.0;         ///< share of unclicked impressions kept, (0, 1]
+  std::size_t sampled_negatives = 0;  ///< > 0: logs without views (see the file comment)
+  double validation_fraction = 0.1;   ///< latest share held out for early stopping
+  std::uint64_t seed = 7;             ///< negative sampling
+
+  /// @throws Error(invalid_argument) naming the bad field.
+  void validate() const;
+};
+
+/// Everything train() needs besides the data.
+struct DeepFineRankerTrainConfig {
+  /// Network shape and tasks; its feature lists and vocabularies are filled
+  /// in by train() from `features` and the data (item_vector_dim from the
+  /// catalogue's vectors).
+  DeepRankerConfig model;
+  DeepFeatureConfig features;
+  DeepExampleConfig examples;
+  DeepTrainConfig train;
+};
+
+/// Serving counters.
+struct DeepFineRankerStats {
+  std::uint64_t requests = 0;
+  std::uint64_t candidates = 0;
+  std::uint64_t out_of_vocabulary = 0;  ///< categorical values mapped to index 0 at serving time
+};
+
+/// The deep multi-task FineRanker.
+class DeepFineRanker final : public FineRanker {
+ public:
+  ~DeepFineRanker() override;
+
+  /// Builds examples from the log and trains the network (events of items
+  /// not in the catalogue are skipped and counted in the report's absence).
+  /// @param[in] catalog must carry vectors
+  /// @throws Error(invalid_argument) for a null catalogue, one without
+  ///         vectors, an invalid config, or too few examples (named).
+  static std::unique_ptr<DeepFineRanker> train(std::shared_ptr<const Catalog> catalog,
+                                               std::span<const Event> events,
+                                               std::span<const UserProfile> users,
+                                               const DeepFineRankerTrainConfig& config = {},
+                                               DeepTrainReport* report = nullptr,
+                                               const DeepRankerServeOptions& serve = {});
+
+  /// Loads save()'s directory. @throws Error(io) / Error(format) naming the
+  /// file and field; Error(invalid_argument) for a catalogue without
+  /// vectors of the model's dimension.
+  static std::unique_ptr<DeepFineRanker> load(const std::filesystem::path& dir,
+                                              std::shared_ptr<const Catalog> catalog,
+                                              const DeepRankerServeOptions& serve = {});
+
+  /// Writes the model directory (see the file comment), atomically per file.
+  void save(const std::filesystem::path& dir) const;
+
+  /// The examples train() would build (labels included), for export to the
+  /// PyTorch trainer or for evaluation. With a trained ranker's vocabularies.
+  /// @param[out] validation the held-out share (may be null: then everything
+  ///             goes to the returned set)
+  [[nodiscard]] DeepRankerExamples build_examples(std::span<const Event> events,
+                                                  std::span<const UserProfile> users,
+                                                  const DeepExampleConfig& config,
+                                                  DeepRankerExamples* validation) const;
+
+  /// Task names.
+  [[nodiscard]] std::span<const std::string> objectives() const override;
+  [[nodiscard]] std::string name() const override;  ///< "deep (mmoe)" / "deep (shared_bottom)"
+  /// One forward pass over all candidates (see the file comment).
+  /// @throws Error(invalid_argument) for a wrong scores shape or an unknown candidate id.
+  void score(const UserContext& user, std::span<const Candidate> candidates,
+             MatrixView<float> scores) const override;
+
+  [[nodiscard]] const DeepRankerModel& model() const noexcept;
+  [[nodiscard]] const DeepFeatureConfig& features() const noexcept;
+  [[nodiscard]] DeepFineRankerStats stats() const noexcept;
+
+ private:
+  struct Impl;
+  explicit DeepFineRanker(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace funnel

@@ -66,6 +66,22 @@
 /// query, key, value, experts (e, then l), gates (task order), towers (task,
 /// then l); weight before bias.
 ///
+/// ## config.json (DeepRankerConfig::to_json; keys in this order)
+///   {"format": "funnel.deep_ranker", "version": 1, "body": "mmoe",
+///    "item_vector_dim": 64,
+///    "user_categorical": [{"name": "gender", "vocab": ["f", "m"], "dim": 16}, ...],
+///    "user_numeric": [{"name": "log_history_events", "mean": 1.2, "std": 0.8}, ...],
+///    "item_categorical": [...], "item_numeric": [...],
+///    "history_category_feature": 0, "history_length": 50,
+///    "recency_bounds_s": [3600, ...], "attention_dim": 32, "experts": 4,
+///    "expert_hidden": [256, 128], "tower_hidden": [64],
+///    "tasks": [{"name": "ctr", "kind": "binary", "parent": "", "loss_weight": 1.0,
+///               "label": "click"}, ...],
+///    "dropout": 0.1,
+///    "fusion": {"kind": "weighted_product", "weights": [["ctr", 1.0], ...], "epsilon": 1e-06},
+///    "weights_sha": "<checksum64 of model.safetensors, 16 hex digits>"}   (files only)
+/// Unknown keys are an error (they would mean a newer format).
+///
 /// ## Files
 /// A model is a directory: `config.json` (DeepRankerConfig::to_json(), with
 /// "format": "funnel.deep_ranker", "version": 1 and "weights_sha": the

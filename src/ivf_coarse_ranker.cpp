@@ -688,7 +688,7 @@ struct IvfCoarseRanker::State {
 
   // L2 Flat: squared norm of every stored row, per list (grouped scan).
   std::vector<std::vector<float>> row_norms;
-  detail::IvfIdMap id_map;
+  detail::IvfIdMap<decltype(faiss::ArrayInvertedLists::ids)> id_map;  // reads ids from `lists`
   mutable detail::RwLock lock;
 
   [[nodiscard]] CoarseQuantizer coarse() const {
@@ -770,6 +770,7 @@ void attach_index(State& s, std::unique_ptr<faiss::IndexIVF> index, std::string_
   s.index = std::move(index);
   s.lists = dynamic_cast<faiss::ArrayInvertedLists*>(s.index->invlists);
   assert(s.lists != nullptr);
+  s.id_map.bind(&s.lists->ids);
   const auto* quantizer = dynamic_cast<const faiss::IndexFlat*>(s.index->quantizer);
   assert(quantizer != nullptr);
   s.centroids = quantizer->get_xb();
@@ -1266,9 +1267,9 @@ void IvfCoarseRanker::add(MatrixView<const float> vectors, std::span<const ItemI
     std::vector<std::uint8_t>& list_codes = s.lists->codes[l];
     const std::uint8_t* code = codes.data() + i * s.code_size;
     list_codes.insert(list_codes.end(), code, code + s.code_size);
+    s.lists->ids[l].push_back(ids[i]);  // first: the map reads the id from here
     s.id_map.insert(ids[i], {static_cast<std::uint32_t>(l),
-                             static_cast<std::uint32_t>(s.lists->ids[l].size())});
-    s.lists->ids[l].push_back(ids[i]);
+                             static_cast<std::uint32_t>(s.lists->ids[l].size() - 1)});
     if (keep_norms) s.row_norms[l].push_back(norms[i]);
   }
   s.index->ntotal += static_cast<faiss::Index::idx_t>(n);
@@ -1280,13 +1281,14 @@ RemoveReport IvfCoarseRanker::remove(std::span<const ItemId> ids) {
   const std::unique_lock<detail::RwLock> guard(s.lock);
   const std::size_t cs = s.code_size;
   for (const ItemId id : ids) {
-    const detail::IvfIdMap::Location* where = s.id_map.find(id);
+    const auto* where = s.id_map.find(id);
     if (where == nullptr) {
       report.unknown_ids.push_back(id);
       continue;
     }
     const std::size_t l = where->list;
     const std::size_t offset = where->offset;
+    s.id_map.erase(id);  // while `id` is still readable at its place
     std::vector<std::uint8_t>& codes = s.lists->codes[l];
     std::vector<ItemId>& list_ids = s.lists->ids[l];
     const std::size_t last = list_ids.size() - 1;
@@ -1297,7 +1299,6 @@ RemoveReport IvfCoarseRanker::remove(std::span<const ItemId> ids) {
       s.id_map.update(list_ids[offset],
                       {static_cast<std::uint32_t>(l), static_cast<std::uint32_t>(offset)});
     }
-    s.id_map.erase(id);
     codes.resize(last * cs);
     list_ids.pop_back();
     if (!s.row_norms.empty()) s.row_norms[l].pop_back();

@@ -417,27 +417,25 @@ class DeepRanker(torch.nn.Module):
         offsets = b["history_offsets"].long()
         counts = offsets[1:] - offsets[:-1]
         ne = int(offsets[-1]) if nu > 0 else 0
-        lmax = int(counts.max()) if nu > 0 and ne > 0 else 0
-        if lmax == 0:
-            pooled = q.new_zeros((nc, a_dim))
-        else:
-            h = torch.cat([b["history_vectors"], table[b["history_category"].long()]], 1)
-            key = (self._linear(h, "attention.key")
-                   + self.p("history.type.embedding")[b["history_type"].long()]
-                   + self.p("history.recency.embedding")[b["history_recency"].long()])
-            value = self._linear(h, "attention.value")
-            event_user = torch.repeat_interleave(torch.arange(nu), counts)
-            pos = torch.arange(ne) - offsets[:-1][event_user]
-            k_pad = key.new_zeros((nu, lmax, a_dim)).index_put((event_user, pos), key)
-            v_pad = value.new_zeros((nu, lmax, a_dim)).index_put((event_user, pos), value)
-            mask = torch.arange(lmax)[None, :] < counts[:, None]  # [nu, lmax]
-            mask_c = mask[cu]
-            s = torch.einsum("ia,ila->il", q, k_pad[cu]) / math.sqrt(a_dim)
-            # Padding gets a huge negative score (exp -> 0); rows of users without
-            # history get a uniform softmax over padding, zeroed by the mask: p = 0.
-            s = s.masked_fill(~mask_c, -1e30)
-            att = torch.softmax(s, dim=1) * mask_c.to(s.dtype)
-            pooled = torch.einsum("il,ila->ia", att, v_pad[cu])
+        # Computed even when no user has history (zero-size tensors), so every
+        # parameter takes part in the graph (DistributedDataParallel needs that).
+        lmax = int(counts.max()) if nu > 0 else 0
+        h = torch.cat([b["history_vectors"], table[b["history_category"].long()]], 1)
+        key = (self._linear(h, "attention.key")
+               + self.p("history.type.embedding")[b["history_type"].long()]
+               + self.p("history.recency.embedding")[b["history_recency"].long()])
+        value = self._linear(h, "attention.value")
+        event_user = torch.repeat_interleave(torch.arange(nu), counts)
+        pos = torch.arange(ne) - offsets[:-1][event_user]
+        k_pad = key.new_zeros((nu, lmax, a_dim)).index_put((event_user, pos), key)
+        v_pad = value.new_zeros((nu, lmax, a_dim)).index_put((event_user, pos), value)
+        mask_c = (torch.arange(lmax)[None, :] < counts[:, None])[cu]  # [nc, lmax]
+        s = torch.einsum("ia,ila->il", q, k_pad[cu]) / math.sqrt(a_dim)
+        # Padding gets a huge negative score (exp -> 0); rows of users without
+        # history get a uniform softmax over padding, zeroed by the mask: p = 0.
+        s = s.masked_fill(~mask_c, -1e30)
+        att = torch.softmax(s, dim=1) * mask_c.to(s.dtype)
+        pooled = torch.einsum("il,ila->ia", att, v_pad[cu])
 
         x = torch.cat([u[cu], c, pooled], dim=1)
 
@@ -507,38 +505,43 @@ class DeepRanker(torch.nn.Module):
         return total
 
 
-def to_torch_batch(ex, dtype=torch.float32, rows=None):
-    """Torch tensors of an examples dict (DeepRankerExamples layout).
+def subset_examples(ex, rows):
+    """The examples of candidate rows `rows` (numpy dict, same layout), keeping
+    only the users they reference (in ascending user order) and their histories."""
+    rows = np.asarray(rows, dtype=np.int64)
+    cu = ex["candidate_user"][rows].astype(np.int64)
+    users, new_cu = np.unique(cu, return_inverse=True)
+    offs = np.asarray(ex["history_offsets"], dtype=np.int64)
+    counts = offs[users + 1] - offs[users]
+    new_offs = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    # Event e of the subset is old event offs[user] + (e - new_offs[user]).
+    ev = np.arange(int(new_offs[-1]), dtype=np.int64) + np.repeat(offs[users] - new_offs[:-1],
+                                                                   counts)
+    sub = {
+        "user_categorical": ex["user_categorical"][users],
+        "user_numeric": ex["user_numeric"][users],
+        "history_offsets": new_offs,
+        "history_vectors": ex["history_vectors"][ev],
+        "history_category": ex["history_category"][ev],
+        "history_type": ex["history_type"][ev],
+        "history_recency": ex["history_recency"][ev],
+        "candidate_user": new_cu.astype(np.int32),
+        "candidate_vectors": ex["candidate_vectors"][rows],
+        "candidate_categorical": ex["candidate_categorical"][rows],
+        "candidate_numeric": ex["candidate_numeric"][rows],
+    }
+    for k in ("labels", "ts"):
+        if k in ex:
+            sub[k] = ex[k][rows]
+    return sub
 
-    rows: optional candidate indices; returns the sub-batch of those
-    candidates with only the users (and histories) they reference.
-    """
-    nu = ex["history_offsets"].shape[0] - 1
+
+def to_torch_batch(ex, dtype=torch.float32, rows=None):
+    """Torch tensors of an examples dict (DeepRankerExamples layout); integer
+    arrays become int64, float arrays `dtype`. rows: optional candidate indices
+    (see subset_examples)."""
     if rows is not None:
-        rows = np.asarray(rows)
-        cu = ex["candidate_user"][rows].astype(np.int64)
-        users, new_cu = np.unique(cu, return_inverse=True)
-        offs = ex["history_offsets"]
-        counts = offs[users + 1] - offs[users]
-        ev = (np.concatenate([np.arange(offs[u], offs[u + 1]) for u in users])
-              if len(users) else np.zeros(0, np.int64)).astype(np.int64)
-        sub = {
-            "user_categorical": ex["user_categorical"][users],
-            "user_numeric": ex["user_numeric"][users],
-            "history_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-            "history_vectors": ex["history_vectors"][ev],
-            "history_category": ex["history_category"][ev],
-            "history_type": ex["history_type"][ev],
-            "history_recency": ex["history_recency"][ev],
-            "candidate_user": new_cu.astype(np.int32),
-            "candidate_vectors": ex["candidate_vectors"][rows],
-            "candidate_categorical": ex["candidate_categorical"][rows],
-            "candidate_numeric": ex["candidate_numeric"][rows],
-        }
-        if "labels" in ex:
-            sub["labels"] = ex["labels"][rows]
-        ex = sub
-    del nu
+        ex = subset_examples(ex, rows)
     out = {}
     for k in BATCH_KEYS + ("labels",):
         if k not in ex:

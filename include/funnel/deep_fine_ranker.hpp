@@ -10,7 +10,8 @@
 /// probabilities (a ctcvr task as its conditional probability, e.g. cvr =
 /// P(purchase | click)), regression tasks as expected target values
 /// (expm1(max(0, o)), e.g. dwell seconds), so scores are >= 0 as
-/// FineRanker requires.
+/// FineRanker requires (a regression output is clamped to [0, 80] before
+/// expm1, so that it stays finite).
 ///
 /// ## Features (names usable in DeepFeatureConfig)
 /// User categorical: "age_band" (<18, 18-24, 25-34, 35-44, 45-54, 55+ from
@@ -19,45 +20,70 @@
 /// User numeric: "log_history_events" (log(1 + events in the history before
 ///   the request)), or any key of UserProfile::numeric (missing: the
 ///   feature's training mean).
-/// Item categorical: "category", "brand", "price_band" (deciles of log price
-///   over the training catalogue; unknown price = out of vocabulary), or
-///   "attr:<key>" (Item::attrs).
+/// Item categorical: "category", "brand", "price_band" (deciles of log(1 +
+///   price) over the training catalogue's priced items: the 9 bounds are the
+///   sorted values at positions floor(k n / 10), k = 1..9, and an item's band
+///   "0".."9" is the number of bounds <= its value; unknown price = out of
+///   vocabulary), or "attr:<key>" (Item::attrs).
 /// Item numeric: "coarse_score" (Candidate::coarse_score; in training, where
 ///   no coarse stage ran, the inner product of the item's vector with the
 ///   mean vector of the user's history before the example, which is what an
-///   exact inner-product stage returns for a history-only user vector),
-///   "log_price" (log(1 + price), 0 when unknown), "log_popularity"
-///   (log(1 + events of the item in the training period)).
+///   exact inner-product stage returns for a history-only user vector; the
+///   mean is the plain mean of the history tokens' vectors, 0 without
+///   history), "log_price" (log(1 + price), 0 when unknown),
+///   "log_popularity" (log(1 + events of the item in the training period:
+///   every event type counts 1, events before the first held-out example)).
 /// History tokens: the user's most recent history_length events before the
 ///   request (of items the catalogue knows), oldest first: the item's
 ///   catalogue vector, its history-category index, the event type and the
-///   recency bucket relative to UserContext::now_ts.
-/// Vocabularies come from the training data (values seen at least
-/// min_count times); at serving time an unknown value maps to index 0 and
-/// is counted (stats()).
+///   recency bucket relative to UserContext::now_ts. "Before the request" is
+///   ts < now_ts, as in training; an unset clock (now_ts 0) takes the whole
+///   history, with recency relative to its latest event.
+/// Vocabularies come from the training data: each training example (not the
+///   held-out ones) counts its user's and its item's values; values seen at
+///   least min_count times, sorted, get indices 1..n. At serving time an
+///   unknown or missing value of a user or candidate feature maps to index
+///   0 and is counted (stats(); history tokens are not counted). Numeric
+///   features are standardised with the mean and (population) standard
+///   deviation over the training examples (a constant feature gets std 1).
 ///
-/// ## Training examples (train(), export_examples())
+/// ## Training examples (train(), build_examples())
 /// Each `view` is an impression. A task labelled "click" gets 1 when the
 /// same user clicks the same item within attribution_window_s after the
-/// view; "cart" / "purchase" the same for a cart / purchase within the
+/// view (ts in (view, view + window]; the first such click is "that
+/// click"); "cart" / "purchase" the same for a cart / purchase within the
 /// window after that click (so a ctcvr task's joint label is "clicked and
 /// then purchased"); "dwell" gets log(1 + dwell_s) of that click when it
-/// has one, otherwise no label. Unclicked impressions are kept with
+/// has one, otherwise no label (NaN). Unclicked impressions are kept with
 /// probability negative_keep (seeded). A log without views (e.g. purchases
 /// only) sets sampled_negatives > 0: each event of another type becomes a
-/// positive impression, and that many catalogue items drawn uniformly
-/// (seeded, not interacted with by the user) become unclicked impressions at
-/// the same time. Features of an example see only the events strictly
-/// before it. Examples are ordered by time; the latest validation_fraction
-/// is held out for early stopping.
+/// positive impression (clicked at its own time; a cart / purchase event
+/// counts as its own cart / purchase; a click's dwell_s is its dwell label),
+/// and that many distinct catalogue items drawn uniformly (seeded, not
+/// interacted with by the user anywhere in the log; fewer when too few are
+/// left) become unclicked impressions at the same time; views, if any, are
+/// then history only, and negative_keep does not apply. Features of an
+/// example see only the events strictly before it. Examples are ordered by
+/// time (examples of one user at one time share a user row); the latest
+/// validation_fraction (at least one example and never all, when it is > 0
+/// and there are two or more) is held out for early stopping.
 ///
 /// ## Files
 /// save() writes the DeepRankerModel directory plus `features.json`
 /// (format "funnel.deep_fine_ranker", version 1: DeepFeatureConfig,
-/// price-band bounds, item popularity counts, checksum). load() validates
-/// it against the model's config (every feature name known, vocabularies
-/// matching) and binds the catalogue (vectors of the model's
-/// item_vector_dim required).
+/// price-band bounds, item popularity counts, checksum):
+///   {"format": "funnel.deep_fine_ranker", "version": 1,
+///    "features": {"user_categorical": [...], "user_numeric": [...],
+///                 "item_categorical": [...], "item_numeric": [...],
+///                 "history_category": "category", "embedding_dim": 16, "min_count": 1},
+///    "vocab_sizes": {"user_categorical": [n, ...], "item_categorical": [n, ...]},
+///    "item_vector_dim": 64, "price_band_bounds": [9 numbers, or none],
+///    "popularity": {"items": [ids...], "counts": [...]},
+///    "checksum": "<checksum64 hex of the document without this field>"}
+/// load() checks the checksum, then validates the file against the model's
+/// config (every feature name known and the model's, in its order;
+/// vocabulary sizes and embedding widths matching; no unknown fields) and
+/// binds the catalogue (vectors of the model's item_vector_dim required).
 ///
 /// Threading: immutable after construction except the stats counters
 /// (atomic); score() may run concurrently.

@@ -2,11 +2,15 @@
 // DeepRankerConfig, parameter shapes, DeepRankerBatch validation, the
 // DeepRankerExamples file, and DeepRankerModel (files, forward against an
 // independent double-precision reference, bf16, concurrency).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <map>
+#include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -14,6 +18,7 @@
 #include "funnel/deep_ranker.hpp"
 #include "funnel/error.hpp"
 #include "funnel/safetensors.hpp"
+#include "internal/checksum.hpp"
 #include "test_util.hpp"
 
 using funnel::DeepCategoricalFeature;
@@ -21,10 +26,15 @@ using funnel::DeepNumericFeature;
 using funnel::DeepRankerBatch;
 using funnel::DeepRankerConfig;
 using funnel::DeepRankerExamples;
+using funnel::DeepRankerModel;
+using funnel::DeepRankerParameters;
+using funnel::DeepRankerServeOptions;
 using funnel::DeepTaskConfig;
 using funnel::DeepTaskKind;
 using funnel::Error;
 using funnel::ErrorCode;
+using funnel::MatrixView;
+using funnel::NamedTensor;
 using funnel::TensorDType;
 using funnel::TensorToWrite;
 using funnel::testing::TempDir;
@@ -524,4 +534,701 @@ TEST_CASE("DeepRankerExamples: save/load round trip and damaged files", "[deep_r
   DeepRankerExamples bad = ex;
   bad.ts.pop_back();
   CHECK_THROWS_AS(bad.save(dir / "bad.safetensors"), Error);
+}
+
+// ---------------------------------------------------------------------------
+// The model: an independent reference, written from deep_ranker.hpp's math
+// in double precision with plain loops.
+
+namespace {
+
+using Vec = std::vector<double>;
+
+class Reference {
+ public:
+  Reference(const DeepRankerConfig& c, const DeepRankerParameters& p) : c_(c) {
+    for (const NamedTensor& t : p) params_[t.name] = &t;
+  }
+
+  // Outputs, candidates x tasks.
+  std::vector<double> forward(const DeepRankerExamples& ex) const {
+    const std::size_t d = c_.item_vector_dim;
+    const std::size_t a_dim = c_.attention_dim;
+    const std::size_t nic = c_.item_categorical.size();
+    const std::size_t nin = c_.item_numeric.size();
+    const std::size_t nuc = c_.user_categorical.size();
+    const std::size_t nun = c_.user_numeric.size();
+    const auto& hcf = c_.item_categorical[c_.history_category_feature];
+    std::vector<double> out;
+    for (std::size_t i = 0; i < ex.candidates; ++i) {
+      const auto u = static_cast<std::size_t>(ex.candidate_user[i]);
+      Vec uvec;
+      for (std::size_t k = 0; k < nuc; ++k) {
+        append_row(uvec, "user." + c_.user_categorical[k].name + ".embedding",
+                   ex.user_categorical[u * nuc + k]);
+      }
+      for (std::size_t k = 0; k < nun; ++k) {
+        const auto& f = c_.user_numeric[k];
+        uvec.push_back((double{ex.user_numeric[u * nun + k]} - f.mean) / f.std);
+      }
+      Vec cvec(ex.candidate_vectors.begin() + static_cast<std::ptrdiff_t>(i * d),
+               ex.candidate_vectors.begin() + static_cast<std::ptrdiff_t>((i + 1) * d));
+      for (std::size_t k = 0; k < nic; ++k) {
+        append_row(cvec, "item." + c_.item_categorical[k].name + ".embedding",
+                   ex.candidate_categorical[i * nic + k]);
+      }
+      for (std::size_t k = 0; k < nin; ++k) {
+        const auto& f = c_.item_numeric[k];
+        cvec.push_back((double{ex.candidate_numeric[i * nin + k]} - f.mean) / f.std);
+      }
+      // Target attention over the user's history.
+      Vec t(cvec.begin(), cvec.begin() + static_cast<std::ptrdiff_t>(d));
+      append_row(t, "item." + hcf.name + ".embedding",
+                 ex.candidate_categorical[i * nic + c_.history_category_feature]);
+      const Vec q = linear("attention.query", t);
+      Vec p(a_dim, 0.0);
+      const auto begin = static_cast<std::size_t>(ex.history_offsets[u]);
+      const auto end = static_cast<std::size_t>(ex.history_offsets[u + 1]);
+      if (end > begin) {
+        std::vector<Vec> values;
+        Vec scores;
+        for (std::size_t j = begin; j < end; ++j) {
+          Vec h(ex.history_vectors.begin() + static_cast<std::ptrdiff_t>(j * d),
+                ex.history_vectors.begin() + static_cast<std::ptrdiff_t>((j + 1) * d));
+          append_row(h, "item." + hcf.name + ".embedding", ex.history_category[j]);
+          Vec key = linear("attention.key", h);
+          const auto& type = params_.at("history.type.embedding")->values;
+          const auto& rec = params_.at("history.recency.embedding")->values;
+          for (std::size_t r = 0; r < a_dim; ++r) {
+            key[r] += type[static_cast<std::size_t>(ex.history_type[j]) * a_dim + r];
+            key[r] += rec[static_cast<std::size_t>(ex.history_recency[j]) * a_dim + r];
+          }
+          double s = 0.0;
+          for (std::size_t r = 0; r < a_dim; ++r) s += q[r] * key[r];
+          scores.push_back(s / std::sqrt(static_cast<double>(a_dim)));
+          values.push_back(linear("attention.value", h));
+        }
+        const double mx = *std::max_element(scores.begin(), scores.end());
+        double sum = 0.0;
+        for (double& s : scores) sum += (s = std::exp(s - mx));
+        for (std::size_t j = 0; j < values.size(); ++j) {
+          for (std::size_t r = 0; r < a_dim; ++r) p[r] += scores[j] / sum * values[j][r];
+        }
+      }
+      Vec x = uvec;
+      x.insert(x.end(), cvec.begin(), cvec.end());
+      x.insert(x.end(), p.begin(), p.end());
+      // Experts.
+      std::vector<Vec> y;
+      for (std::size_t e = 0; e < c_.experts; ++e) {
+        Vec h = x;
+        for (std::size_t l = 0; l < c_.expert_hidden.size(); ++l) {
+          h = relu(linear("expert." + std::to_string(e) + "." + std::to_string(l), h));
+        }
+        y.push_back(h);
+      }
+      for (const auto& task : c_.tasks) {
+        Vec m;
+        if (c_.body == DeepRankerConfig::Body::mmoe) {
+          Vec g = linear("gate." + task.name, x);
+          const double mx = *std::max_element(g.begin(), g.end());
+          double sum = 0.0;
+          for (double& v : g) sum += (v = std::exp(v - mx));
+          m.assign(y[0].size(), 0.0);
+          for (std::size_t e = 0; e < c_.experts; ++e) {
+            for (std::size_t r = 0; r < m.size(); ++r) m[r] += g[e] / sum * y[e][r];
+          }
+        } else {
+          m = y[0];
+        }
+        for (std::size_t l = 0; l < c_.tower_hidden.size(); ++l) {
+          m = relu(linear("tower." + task.name + "." + std::to_string(l), m));
+        }
+        const double o =
+            linear("tower." + task.name + "." + std::to_string(c_.tower_hidden.size()), m)[0];
+        out.push_back(task.kind == DeepTaskKind::regression ? o : 1.0 / (1.0 + std::exp(-o)));
+      }
+    }
+    return out;
+  }
+
+ private:
+  void append_row(Vec& v, const std::string& table, std::int32_t row) const {
+    const NamedTensor& t = *params_.at(table);
+    const std::size_t dim = t.shape[1];
+    for (std::size_t j = 0; j < dim; ++j) {
+      v.push_back(t.values[static_cast<std::size_t>(row) * dim + j]);
+    }
+  }
+  Vec linear(const std::string& name, const Vec& x) const {
+    const NamedTensor& w = *params_.at(name + ".weight");
+    const NamedTensor& b = *params_.at(name + ".bias");
+    REQUIRE(w.shape[1] == x.size());
+    Vec out(w.shape[0]);
+    for (std::size_t o = 0; o < out.size(); ++o) {
+      double s = b.values[o];
+      for (std::size_t k = 0; k < x.size(); ++k) s += double{w.values[o * x.size() + k]} * x[k];
+      out[o] = s;
+    }
+    return out;
+  }
+  static Vec relu(Vec v) {
+    for (double& x : v) x = std::max(x, 0.0);
+    return v;
+  }
+
+  const DeepRankerConfig& c_;
+  std::map<std::string, const NamedTensor*> params_;
+};
+
+// Random parameters of moderate size (He-like uniform weights), so that
+// attention and gates are far from uniform and no ReLU is always off.
+DeepRankerParameters random_parameters(const DeepRankerConfig& c, std::uint64_t seed) {
+  DeepRankerParameters params = funnel::deep_ranker_parameter_shapes(c);
+  std::mt19937_64 rng(seed);
+  for (NamedTensor& p : params) {
+    std::size_t n = 1;
+    for (const std::size_t dim : p.shape) n *= dim;
+    float scale = 0.2F;
+    if (p.name.ends_with(".embedding")) {
+      scale = 0.8F;
+    } else if (p.name.ends_with(".weight")) {
+      scale = std::sqrt(6.0F / static_cast<float>(p.shape[1]));
+    }
+    std::uniform_real_distribution<float> dist(-scale, scale);
+    p.values.resize(n);
+    for (float& v : p.values) v = dist(rng);
+  }
+  return params;
+}
+
+// Random inputs: history[u] events for user u; candidate i belongs to user
+// owners[i].
+DeepRankerExamples random_examples(const DeepRankerConfig& c,
+                                   const std::vector<std::size_t>& history,
+                                   const std::vector<std::int32_t>& owners, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> unit(-1.0F, 1.0F);
+  auto index = [&](std::size_t vocab) {
+    return static_cast<std::int32_t>(std::uniform_int_distribution<std::size_t>(0, vocab)(rng));
+  };
+  DeepRankerExamples ex;
+  ex.users = history.size();
+  for (std::size_t u = 0; u < ex.users; ++u) {
+    for (const auto& f : c.user_categorical) ex.user_categorical.push_back(index(f.vocab.size()));
+    for (const auto& f : c.user_numeric)
+      ex.user_numeric.push_back(f.mean + 2.0F * f.std * unit(rng));
+    for (std::size_t j = 0; j < history[u]; ++j) {
+      for (std::size_t k = 0; k < c.item_vector_dim; ++k) ex.history_vectors.push_back(unit(rng));
+      ex.history_category.push_back(
+          index(c.item_categorical[c.history_category_feature].vocab.size()));
+      ex.history_type.push_back(index(3));
+      ex.history_recency.push_back(index(c.recency_bounds_s.size()));
+    }
+    ex.history_offsets.push_back(ex.history_offsets.back() + static_cast<std::int64_t>(history[u]));
+  }
+  ex.candidates = owners.size();
+  ex.candidate_user = owners;
+  for (std::size_t i = 0; i < owners.size(); ++i) {
+    for (std::size_t k = 0; k < c.item_vector_dim; ++k) ex.candidate_vectors.push_back(unit(rng));
+    for (const auto& f : c.item_categorical) {
+      ex.candidate_categorical.push_back(index(f.vocab.size()));
+    }
+    for (const auto& f : c.item_numeric) {
+      ex.candidate_numeric.push_back(f.mean + 2.0F * f.std * unit(rng));
+    }
+    for (std::size_t t = 0; t < c.tasks.size(); ++t) ex.labels.push_back(0.0F);
+    ex.ts.push_back(static_cast<std::int64_t>(i));
+  }
+  return ex;
+}
+
+std::vector<float> run_forward(const DeepRankerModel& model, const DeepRankerExamples& ex) {
+  std::vector<float> out(ex.candidates * model.config().tasks.size(), -7.0F);
+  model.forward(ex.batch(),
+                MatrixView<float>(out.data(), ex.candidates, model.config().tasks.size()));
+  return out;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<double>& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0.0;
+  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  return worst;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  return max_abs_diff(a, std::vector<double>(b.begin(), b.end()));
+}
+
+bool cpu_has_bf16() {
+  try {
+    DeepRankerServeOptions o;
+    o.precision = DeepRankerServeOptions::Precision::bf16;
+    const DeepRankerConfig c = small_config();
+    (void)DeepRankerModel::create(c, random_parameters(c, 1), o);
+    return true;
+  } catch (const Error& e) {
+    if (e.code() == ErrorCode::unsupported) return false;
+    throw;
+  }
+}
+
+std::filesystem::path fixture(const std::string& name) {
+  return std::filesystem::path(FUNNEL_TEST_DATA_DIR) / "deep_ranker" / name;
+}
+
+// Writes a model directory by hand: tensors as given, config.json with the
+// weights checksum (so the damage under test is the only one).
+void write_model_dir(const std::filesystem::path& dir, const std::string& config_json,
+                     const std::vector<TensorToWrite>& tensors) {
+  std::filesystem::create_directories(dir);
+  funnel::write_safetensors(dir / "model.safetensors", tensors);
+  const std::string sha =
+      funnel::detail::to_hex(funnel::detail::checksum64_file(dir / "model.safetensors"));
+  std::string text = config_json;
+  const std::size_t brace = text.rfind('}');
+  REQUIRE(brace != std::string::npos);
+  text.insert(brace, ", \"weights_sha\": \"" + sha + "\"\n");
+  funnel::testing::write_bytes(dir / "config.json", text);
+}
+
+std::vector<TensorToWrite> tensors_of(const DeepRankerParameters& params) {
+  std::vector<TensorToWrite> out;
+  for (const NamedTensor& p : params) {
+    out.push_back({p.name, TensorDType::f32, p.shape, std::as_bytes(std::span(p.values))});
+  }
+  return out;
+}
+
+std::string load_error(const std::filesystem::path& dir) {
+  return error_of([&] { (void)DeepRankerModel::load(dir); }, ErrorCode::format);
+}
+
+}  // namespace
+
+TEST_CASE("DeepRankerModel: a tiny case computed by hand", "[deep_ranker]") {
+  // D = 1, one item feature "cat" (dim 1, E = [0; 1]), no user features,
+  // A = 1, shared_bottom with one expert of width 1, no tower hidden layer.
+  //   q = v,  key_j = v_h + T_type[type_j],  value_j = E[cat_j]
+  //   x = [v, E[cat], p],  a = relu(v + p)   (expert weight [1, 0, 1])
+  //   ctr = sigmoid(2 a - 1),  dwell = a + 0.5
+  // User 0 has two events: (v_h 0, cat 1, view) and (v_h 0, cat 0, click),
+  // with T_type[click] = ln 3, so the keys are 0 and ln 3.
+  //  - candidate v = 1: scores (0, ln 3) -> a = (1/4, 3/4), p = 1/4 * 1 +
+  //    3/4 * 0 = 0.25; a = 1.25; ctr = sigmoid(1.5) = 0.817574476;
+  //    dwell = 1.75.
+  //  - candidate v = -2: scores (0, -2 ln 3) -> weights 1 : 1/9, so
+  //    a = (0.9, 0.1), p = 0.9; a = relu(-1.1) = 0; ctr = sigmoid(-1) =
+  //    0.268941421; dwell = 0.5.
+  // User 1 has no history: candidate v = 0.5 -> p = 0, a = 0.5, ctr =
+  // sigmoid(0) = 0.5, dwell = 1.0.
+  DeepRankerConfig c;
+  c.body = DeepRankerConfig::Body::shared_bottom;
+  c.item_vector_dim = 1;
+  c.item_categorical = {{"cat", {"a"}, 1}};
+  c.history_length = 2;
+  c.recency_bounds_s = {100};
+  c.attention_dim = 1;
+  c.experts = 1;
+  c.expert_hidden = {1};
+  c.tower_hidden = {};
+  c.tasks = {{"ctr", DeepTaskKind::binary, "", 1.0F, "click"},
+             {"dwell", DeepTaskKind::regression, "", 1.0F, "dwell"}};
+  c.fusion.weights = {{"ctr", 1.0F}};
+  const float ln3 = std::log(3.0F);
+  const std::map<std::string, std::vector<float>> values = {
+      {"item.cat.embedding", {0, 1}},
+      {"history.type.embedding", {0, ln3, 0, 0}},
+      {"history.recency.embedding", {0, 0}},
+      {"attention.query.weight", {1, 0}},
+      {"attention.query.bias", {0}},
+      {"attention.key.weight", {1, 0}},
+      {"attention.key.bias", {0}},
+      {"attention.value.weight", {0, 1}},
+      {"attention.value.bias", {0}},
+      {"expert.0.0.weight", {1, 0, 1}},
+      {"expert.0.0.bias", {0}},
+      {"tower.ctr.0.weight", {2}},
+      {"tower.ctr.0.bias", {-1}},
+      {"tower.dwell.0.weight", {1}},
+      {"tower.dwell.0.bias", {0.5F}},
+  };
+  DeepRankerParameters params = funnel::deep_ranker_parameter_shapes(c);
+  REQUIRE(params.size() == values.size());
+  for (NamedTensor& p : params) p.values = values.at(p.name);
+  const auto model = DeepRankerModel::create(c, params);
+
+  DeepRankerExamples ex;
+  ex.users = 2;
+  ex.history_offsets = {0, 2, 2};
+  ex.history_vectors = {0, 0};
+  ex.history_category = {1, 0};
+  ex.history_type = {0, 1};
+  ex.history_recency = {0, 1};
+  ex.candidates = 3;
+  ex.candidate_user = {0, 0, 1};
+  ex.candidate_vectors = {1, -2, 0.5F};
+  ex.candidate_categorical = {0, 1, 1};
+  const auto out = run_forward(*model, ex);
+  const std::vector<double> expected = {0.817574476, 1.75, 0.268941421, 0.5, 0.5, 1.0};
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    INFO("output " << i);
+    CHECK(out[i] == Approx(expected[i]).margin(1e-6));
+  }
+}
+
+TEST_CASE("DeepRankerModel: forward matches a double-precision reference", "[deep_ranker]") {
+  struct Case {
+    std::string name;
+    DeepRankerConfig config;
+    std::size_t threads = 1;
+  };
+  std::vector<Case> cases;
+  cases.push_back({"mmoe", small_config()});
+  {
+    Case k{"shared_bottom, no tower hidden layer", small_config()};
+    k.config.body = DeepRankerConfig::Body::shared_bottom;
+    k.config.experts = 1;
+    k.config.tower_hidden.clear();
+    cases.push_back(k);
+  }
+  {
+    Case k{"mmoe, one expert layer, two tower layers, no user features", small_config()};
+    k.config.expert_hidden = {6};
+    k.config.tower_hidden = {5, 3};
+    k.config.user_categorical.clear();
+    k.config.user_numeric.clear();
+    k.config.experts = 3;
+    cases.push_back(k);
+  }
+  {
+    Case k{"mmoe, three expert layers, second item feature for history, 2 threads", small_config()};
+    k.config.expert_hidden = {7, 5, 4};
+    k.config.history_category_feature = 1;
+    k.config.attention_dim = 20;  // more than 16: masked vector tails
+    k.config.item_vector_dim = 19;
+    k.threads = 2;
+    cases.push_back(k);
+  }
+  {
+    Case k{"shared_bottom, wide attention", small_config()};
+    k.config.body = DeepRankerConfig::Body::shared_bottom;
+    k.config.experts = 1;
+    k.config.attention_dim = 70;
+    k.config.history_length = 70;
+    cases.push_back(k);
+  }
+  for (const Case& k : cases) {
+    SECTION(k.name) {
+      const DeepRankerConfig& c = k.config;
+      const DeepRankerParameters params = random_parameters(c, 7);
+      DeepRankerServeOptions options;
+      options.threads = k.threads;
+      const auto model = DeepRankerModel::create(c, params, options);
+      const Reference ref(c, params);
+      const std::size_t full = c.history_length;
+      // Several users, ragged history (user 1 has none), interleaved
+      // candidates (chunks with several users: per-row user parts).
+      const DeepRankerExamples mixed =
+          random_examples(c, {3, 0, full, 1}, {0, 2, 1, 1, 3, 0, 2, 2, 3, 1, 0}, 11);
+      CHECK(max_abs_diff(run_forward(*model, mixed), ref.forward(mixed)) <= 1e-5);
+      // One user, more candidates than a chunk (the fused per-user bias).
+      const DeepRankerExamples one =
+          random_examples(c, {full}, std::vector<std::int32_t>(300, 0), 12);
+      CHECK(max_abs_diff(run_forward(*model, one), ref.forward(one)) <= 1e-5);
+      // A user without history as the only user.
+      const DeepRankerExamples none = random_examples(c, {0}, {0, 0, 0}, 13);
+      CHECK(max_abs_diff(run_forward(*model, none), ref.forward(none)) <= 1e-5);
+      // Repeated calls reuse the workspace and give the same values.
+      CHECK(run_forward(*model, mixed) == run_forward(*model, mixed));
+    }
+  }
+}
+
+TEST_CASE("DeepRankerModel: PyTorch twin fixtures (mmoe, shared_bottom)", "[deep_ranker]") {
+  for (const char* name : {"mmoe", "shared_bottom"}) {
+    INFO("fixture " << name);
+    const auto dir = fixture(name);
+    REQUIRE(std::filesystem::exists(dir / "config.json"));
+    REQUIRE(std::filesystem::exists(dir / "expected.safetensors"));
+    const auto model = DeepRankerModel::load(dir);
+    const DeepRankerExamples inputs =
+        DeepRankerExamples::load(dir / "inputs.safetensors", model->config());
+    const auto expected_file = funnel::SafetensorsFile::open(dir / "expected.safetensors");
+    const auto& info = expected_file.at("outputs");
+    REQUIRE(info.shape ==
+            std::vector<std::size_t>{inputs.candidates, model->config().tasks.size()});
+    const std::vector<float> expected = expected_file.to_f32(info);
+    const std::vector<float> out = run_forward(*model, inputs);
+    CHECK(max_abs_diff(out, expected) <= 1e-5);
+    // And the reference agrees with the twin (the fixture checks the reference too).
+    const Reference ref(model->config(), model->parameters());
+    CHECK(max_abs_diff(expected, ref.forward(inputs)) <= 1e-5);
+  }
+}
+
+TEST_CASE("DeepRankerModel: bf16 scores within 1e-3 of fp32", "[deep_ranker]") {
+  if (!cpu_has_bf16()) {
+    WARN("skipped: this CPU has neither AVX512_BF16 nor AMX");
+    return;
+  }
+  DeepRankerConfig c = small_config();
+  c.item_vector_dim = 32;
+  c.attention_dim = 16;
+  c.experts = 4;
+  c.expert_hidden = {64, 32};
+  c.tower_hidden = {16};
+  c.history_length = 20;
+  const DeepRankerParameters params = random_parameters(c, 21);
+  // Trained-scale weights: the He-uniform draw shrunk, as a trained
+  // ranker's logits are a few units at most.
+  DeepRankerParameters scaled = params;
+  for (NamedTensor& p : scaled) {
+    if (p.name.ends_with(".weight")) {
+      for (float& v : p.values) v *= 0.5F;
+    }
+  }
+  DeepRankerServeOptions bf16;
+  bf16.precision = DeepRankerServeOptions::Precision::bf16;
+  const auto m32 = DeepRankerModel::create(c, scaled);
+  const auto m16 = DeepRankerModel::create(c, scaled, bf16);
+  CHECK(m16->options().precision == DeepRankerServeOptions::Precision::bf16);
+  const DeepRankerExamples ex = random_examples(c, {20, 0, 7}, {0, 1, 2, 0, 0, 2, 1, 2}, 22);
+  const DeepRankerExamples one = random_examples(c, {20}, std::vector<std::int32_t>(100, 0), 23);
+  for (const DeepRankerExamples* e : {&ex, &one}) {
+    const auto a = run_forward(*m32, *e);
+    const auto b = run_forward(*m16, *e);
+    CHECK(max_abs_diff(b, a) <= 1e-3);
+    CHECK(max_abs_diff(b, a) > 0.0);  // bf16 really ran
+  }
+}
+
+TEST_CASE("DeepRankerModel: create rejects bad parameters and options", "[deep_ranker]") {
+  using Catch::Matchers::Contains;
+  const DeepRankerConfig c = small_config();
+  const DeepRankerParameters good = random_parameters(c, 3);
+  auto create_error = [&](DeepRankerParameters p) {
+    return error_of([&] { (void)DeepRankerModel::create(c, std::move(p)); },
+                    ErrorCode::invalid_argument);
+  };
+  {
+    DeepRankerParameters p = good;
+    p.erase(p.begin() + 5);
+    CHECK_THAT(create_error(p), Contains("missing parameter 'attention.query.weight'"));
+  }
+  {
+    DeepRankerParameters p = good;
+    p.push_back({"expert.9.0.weight", {1}, {0.0F}});
+    CHECK_THAT(create_error(p), Contains("expert.9.0.weight"));
+  }
+  {
+    DeepRankerParameters p = good;
+    p[3].shape = {2, 6};
+    CHECK_THAT(create_error(p), Contains("history.type.embedding") && Contains("[2, 6]"));
+  }
+  {
+    DeepRankerParameters p = good;
+    p[4].values.pop_back();
+    CHECK_THAT(create_error(p), Contains("history.recency.embedding"));
+  }
+  {
+    DeepRankerParameters p = good;
+    p[12].values[2] = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THAT(create_error(p), Contains(p[12].name) && Contains("non-finite"));
+  }
+  {
+    DeepRankerParameters p = good;
+    p.push_back(p[0]);
+    CHECK_THAT(create_error(p), Contains("twice"));
+  }
+  {
+    // Any order is accepted; parameters() is canonical.
+    DeepRankerParameters p = good;
+    std::reverse(p.begin(), p.end());
+    const auto model = DeepRankerModel::create(c, p);
+    REQUIRE(model->parameters().size() == good.size());
+    for (std::size_t i = 0; i < good.size(); ++i) {
+      CHECK(model->parameters()[i].name == good[i].name);
+      CHECK(model->parameters()[i].values == good[i].values);
+    }
+  }
+  DeepRankerServeOptions zero;
+  zero.threads = 0;
+  CHECK_THAT(
+      error_of([&] { (void)DeepRankerModel::create(c, good, zero); }, ErrorCode::invalid_argument),
+      Contains("threads"));
+  DeepRankerConfig bad = c;
+  bad.experts = 0;
+  CHECK_THAT(
+      error_of([&] { (void)DeepRankerModel::create(bad, good); }, ErrorCode::invalid_argument),
+      Contains("experts"));
+}
+
+TEST_CASE("DeepRankerModel: forward rejects bad batches and output shapes", "[deep_ranker]") {
+  using Catch::Matchers::Contains;
+  const DeepRankerConfig c = small_config();
+  const auto model = DeepRankerModel::create(c, random_parameters(c, 5));
+  const DeepRankerExamples good = small_examples();
+  std::vector<float> out(good.candidates * 3);
+  auto forward_error = [&](const DeepRankerExamples& ex, std::size_t rows, std::size_t cols) {
+    out.assign(rows * cols, 0.0F);
+    return error_of([&] { model->forward(ex.batch(), MatrixView<float>(out.data(), rows, cols)); },
+                    ErrorCode::invalid_argument);
+  };
+  CHECK_THAT(forward_error(good, 5, 2), Contains("5 x 2") && Contains("5 x 3"));
+  CHECK_THAT(forward_error(good, 4, 3), Contains("outputs"));
+  DeepRankerExamples ex = good;
+  ex.candidate_categorical[2] = 9;
+  CHECK_THAT(forward_error(ex, 5, 3), Contains("candidate_categorical[row 1"));
+  ex = good;
+  ex.history_offsets = {0, 4, 3, 5};
+  CHECK_THAT(forward_error(ex, 5, 3), Contains("history_offsets[2] = 3"));
+  ex = good;
+  ex.history_offsets = {0, 5, 5, 5};
+  CHECK_THAT(forward_error(ex, 5, 3), Contains("history_length"));
+  ex = good;
+  ex.user_numeric[0] = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THAT(forward_error(ex, 5, 3), Contains("user_numeric[row 0"));
+  ex = good;
+  ex.candidate_user[4] = 3;
+  CHECK_THAT(forward_error(ex, 5, 3), Contains("candidate_user[4] = 3"));
+  // An empty batch is fine.
+  DeepRankerExamples empty;
+  CHECK_NOTHROW(model->forward(empty.batch(), MatrixView<float>(nullptr, 0, 3)));
+}
+
+TEST_CASE("DeepRankerModel: save/load round trip and damaged model directories", "[deep_ranker]") {
+  using Catch::Matchers::Contains;
+  const DeepRankerConfig c = small_config();
+  const DeepRankerParameters params = random_parameters(c, 9);
+  const auto model = DeepRankerModel::create(c, params);
+  TempDir tmp;
+  const auto dir = tmp / "model";
+  model->save(dir);
+  CHECK(std::filesystem::exists(dir / "config.json"));
+  CHECK(std::filesystem::exists(dir / "model.safetensors"));
+  CHECK(funnel::testing::count_entries(dir) == 2);  // no temporary files left
+  const auto back = DeepRankerModel::load(dir);
+  const DeepRankerExamples ex = small_examples();
+  CHECK(run_forward(*back, ex) == run_forward(*model, ex));
+  CHECK(back->config().to_json() == c.to_json());
+  {
+    const auto file = funnel::SafetensorsFile::open(dir / "model.safetensors");
+    CHECK(file.metadata().at("format") == "funnel.deep_ranker");
+    const std::string config_text = funnel::testing::read_bytes(dir / "config.json");
+    CHECK_THAT(config_text, Contains(funnel::detail::to_hex(
+                                funnel::detail::checksum64_file(dir / "model.safetensors"))));
+  }
+  const std::string json = c.to_json();
+  auto damaged = [&](const std::string& name) { return tmp / name; };
+
+  {
+    DeepRankerParameters p = params;
+    p.erase(p.begin() + 7);  // attention.key.weight
+    write_model_dir(damaged("missing"), json, tensors_of(p));
+    CHECK_THAT(load_error(damaged("missing")),
+               Contains("model.safetensors") && Contains("missing tensor 'attention.key.weight'"));
+  }
+  {
+    DeepRankerParameters p = params;
+    p.push_back({"tower.gmv.0.weight", {1}, {1.0F}});
+    write_model_dir(damaged("extra"), json, tensors_of(p));
+    CHECK_THAT(load_error(damaged("extra")), Contains("unexpected tensor 'tower.gmv.0.weight'"));
+  }
+  {
+    DeepRankerParameters p = params;
+    p[6].shape = {1, 3};  // attention.query.bias [3] stored as [1, 3]
+    write_model_dir(damaged("shape"), json, tensors_of(p));
+    CHECK_THAT(load_error(damaged("shape")),
+               Contains("attention.query.bias") && Contains("[1, 3]") && Contains("[3]"));
+  }
+  {
+    auto tensors = tensors_of(params);
+    const std::vector<double> as_f64(params[2].values.begin(), params[2].values.end());
+    tensors[2] = {params[2].name, TensorDType::f64, params[2].shape,
+                  std::as_bytes(std::span(as_f64))};
+    write_model_dir(damaged("dtype"), json, tensors);
+    CHECK_THAT(load_error(damaged("dtype")),
+               Contains("item.brand.embedding") && Contains("F64") && Contains("F32"));
+  }
+  {
+    DeepRankerParameters p = params;
+    p[11].values[3] = std::numeric_limits<float>::quiet_NaN();
+    write_model_dir(damaged("nan"), json, tensors_of(p));
+    CHECK_THAT(load_error(damaged("nan")),
+               Contains("model.safetensors") && Contains(p[11].name) && Contains("non-finite"));
+  }
+  {
+    // Weights of another model of the same shape: the checksum differs.
+    const auto other = damaged("other");
+    DeepRankerModel::create(c, random_parameters(c, 10))->save(other);
+    std::filesystem::copy_file(other / "model.safetensors", dir / "model.safetensors",
+                               std::filesystem::copy_options::overwrite_existing);
+    CHECK_THAT(load_error(dir), Contains("weights_sha") && Contains("another model"));
+    model->save(dir);
+    CHECK_NOTHROW(DeepRankerModel::load(dir));
+  }
+  {
+    const auto cut = damaged("truncated");
+    model->save(cut);
+    const std::string bytes = funnel::testing::read_bytes(cut / "model.safetensors");
+    funnel::testing::write_bytes(cut / "model.safetensors", bytes.substr(0, bytes.size() - 10));
+    CHECK_THAT(load_error(cut), Contains("model.safetensors"));
+  }
+  auto edit_config = [&](const std::string& name, const std::string& from, const std::string& to) {
+    const auto d = damaged(name);
+    model->save(d);
+    std::string text = funnel::testing::read_bytes(d / "config.json");
+    const std::size_t at = text.find(from);
+    REQUIRE(at != std::string::npos);
+    text.replace(at, from.size(), to);
+    funnel::testing::write_bytes(d / "config.json", text);
+    return load_error(d);
+  };
+  CHECK_THAT(edit_config("kind", "\"kind\": \"ctcvr\"", "\"kind\": \"poisson\""),
+             Contains("config.json") && Contains("tasks[1].kind") && Contains("poisson"));
+  CHECK_THAT(edit_config("key", "\"version\": 1", "\"version\": 1, \"temperature\": 2"),
+             Contains("config.json") && Contains("temperature") && Contains("unknown key"));
+  {
+    const auto d = damaged("nosha2");
+    model->save(d);
+    std::string text = funnel::testing::read_bytes(d / "config.json");
+    const std::size_t at = text.find(",\n  \"weights_sha\"");
+    REQUIRE(at != std::string::npos);
+    text.erase(at, text.find('"', text.find(':', at) + 3) - at + 1);
+    funnel::testing::write_bytes(d / "config.json", text);
+    CHECK_THAT(load_error(d), Contains("weights_sha") && Contains("missing"));
+  }
+  CHECK_THAT(error_of([&] { (void)DeepRankerModel::load(tmp / "nowhere"); }, ErrorCode::io),
+             Contains("nowhere"));
+}
+
+TEST_CASE("DeepRankerModel: concurrent forward calls match sequential ones",
+          "[deep_ranker][concurrency]") {
+  DeepRankerConfig c = small_config();
+  c.expert_hidden = {12, 6};
+  const auto model = DeepRankerModel::create(c, random_parameters(c, 31));
+  std::vector<DeepRankerExamples> batches;
+  for (std::uint64_t b = 0; b < 6; ++b) {
+    std::vector<std::int32_t> owners;
+    for (std::size_t i = 0; i < 10 + 7 * b; ++i) owners.push_back(static_cast<std::int32_t>(i % 3));
+    batches.push_back(random_examples(c, {b % 4, 4, 2}, owners, 100 + b));
+  }
+  std::vector<std::vector<float>> expected;
+  for (const auto& b : batches) expected.push_back(run_forward(*model, b));
+  constexpr int kThreads = 4;
+  std::vector<int> mismatches(kThreads, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 10; ++round) {
+        const std::size_t b = static_cast<std::size_t>(t + round) % batches.size();
+        if (run_forward(*model, batches[b]) != expected[b])
+          ++mismatches[static_cast<std::size_t>(t)];
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) CHECK(mismatches[static_cast<std::size_t>(t)] == 0);
 }

@@ -548,8 +548,8 @@ TEST_CASE("training learns a planted click signal", "[deep_train]") {
 TEST_CASE("training is deterministic for a seed and thread count", "[deep_train]") {
   const Shop shop = make_shop(6, 40, 6);
   DeepTrainConfig train = quick_train();
-  train.max_epochs = 2;
-  train.batch_size = 64;
+  train.max_epochs = 1;
+  train.batch_size = 128;  // big enough for the loops to go parallel with 2 threads
   for (const std::size_t threads : {1, 2}) {
     train.threads = threads;
     train.seed = 3;

@@ -23,6 +23,10 @@ namespace funnel::detail {
 namespace {
 
 constexpr std::uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
+// Multiply-adds below which one matmul is not split over threads.
+constexpr double kSerialGemmMacs = 1 << 18;
+// Elements below which an elementwise loop stays on the calling thread.
+constexpr std::size_t kParallelWork = 2048;
 
 // splitmix64's output function: a bijective 64-bit mixer.
 std::uint64_t mix64(std::uint64_t z) {
@@ -77,6 +81,12 @@ void gemm(bool ta, bool tb, std::size_t m, std::size_t n, std::size_t k, const f
     }
     return;
   }
+  // Small products run on the calling thread alone: a fork and join would
+  // cost more than the work (the choice depends on the shape only, so
+  // results stay a function of the configured thread count).
+  const bool serial =
+      static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k) < kSerialGemmMacs;
+  const OmpThreadsScope scope(serial ? 1 : omp_get_max_threads());
   const auto d = [](std::size_t v) { return static_cast<dnnl_dim_t>(v); };
   const dnnl_status_t status = dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', d(m), d(n), d(k), 1.0F, a,
                                           d(lda), b, d(ldb), beta, c, d(ldc));
@@ -321,6 +331,11 @@ struct DeepBackprop<S>::Work {
   std::vector<S> dropout_scratch;  // per thread: one row of dropout multipliers
   std::vector<std::vector<S>> dy;  // [e]: nb x width
 
+  // Whether a loop over `work` elements is worth a parallel region.
+  [[nodiscard]] bool parallel(std::size_t work) const {
+    return threads > 1 && work >= kParallelWork;
+  }
+
   [[nodiscard]] const S* expert_result(std::size_t e) const {
     return expert_out[e * config.expert_hidden.size() + config.expert_hidden.size() - 1].data();
   }
@@ -386,7 +401,8 @@ struct DeepBackprop<S>::Work {
     h.resize(ne * hd);
     const std::vector<S>& hist_table = p[layout.item_embedding[hcf]];
     const std::ptrdiff_t nrows = static_cast<std::ptrdiff_t>(nb);
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+#pragma omp parallel for num_threads(threads) if (parallel(nb * layout.input_width)) \
+    schedule(static)
     for (std::ptrdiff_t si = 0; si < nrows; ++si) {
       const auto i = static_cast<std::size_t>(si);
       const std::size_t c = rows[i];
@@ -425,7 +441,8 @@ struct DeepBackprop<S>::Work {
       std::copy(hist_table.data() + hidx * dc, hist_table.data() + (hidx + 1) * dc, ti + d);
     }
     const std::ptrdiff_t nusers = static_cast<std::ptrdiff_t>(nu);
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+#pragma omp parallel for num_threads(threads) if (parallel(ne * layout.token_width)) \
+    schedule(static)
     for (std::ptrdiff_t su = 0; su < nusers; ++su) {
       const auto u = static_cast<std::size_t>(su);
       const std::size_t gu = batch_user[u];
@@ -441,49 +458,52 @@ struct DeepBackprop<S>::Work {
     }
   }
 
-  // y[n x out] = in[n x width] W^T + b.
-  static void linear(std::size_t n, std::size_t width, std::size_t out, const S* in, std::size_t ld,
-                     const std::vector<S>& w, const std::vector<S>& b, S* y) {
-    gemm(false, true, n, out, width, in, ld, w.data(), width, S(0), y, out);
-    for (std::size_t i = 0; i < n; ++i) {
-      S* yi = y + i * out;
-      for (std::size_t j = 0; j < out; ++j) yi[j] += b[j];
-    }
-  }
+  // What follows a linear layer.
+  struct Activation {
+    bool relu = false;
+    const DeepDropout* dropout = nullptr;  // with relu: inverted dropout when rate > 0
+    std::uint64_t layer_id = 0;            // selects the layer's dropout masks
+  };
 
-  // ReLU then inverted dropout of layer `layer_id`, in place.
-  void relu_dropout(S* y, std::size_t width, const DeepDropout& dropout, std::uint64_t layer_id) {
-    const std::ptrdiff_t nrows = static_cast<std::ptrdiff_t>(nb);
-    if (dropout.rate <= 0.0F) {
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-      for (std::ptrdiff_t si = 0; si < nrows; ++si) {
-        S* yi = y + static_cast<std::size_t>(si) * width;
-        for (std::size_t j = 0; j < width; ++j) yi[j] = std::max(yi[j], S(0));
-      }
-      return;
-    }
+  // y[n x out] = act(in[n x width] W^T + b): the matmul, then one pass over
+  // y for the bias, the ReLU and the dropout.
+  void linear(std::size_t n, std::size_t width, std::size_t out, const S* in, std::size_t ld,
+              const std::vector<S>& w, const std::vector<S>& b, S* y, Activation act = {}) {
+    gemm(false, true, n, out, width, in, ld, w.data(), width, S(0), y, out);
+    const bool drop = act.relu && act.dropout != nullptr && act.dropout->rate > 0.0F;
     // 16 random bits per unit, four units per hash: the keep probability is
     // 1 - rate rounded to a multiple of 2^-16. The multipliers (0 or
     // 1 / (1 - rate)) go to a row buffer first so that the ReLU loop is
     // branch-free and vectorised.
-    const auto threshold = static_cast<std::uint64_t>(std::llround(dropout.rate * 65536.0));
-    const S keep_scale = S(1) / (S(1) - static_cast<S>(dropout.rate));
-    const std::uint64_t key = mix64(dropout.seed ^ ((layer_id + 1) * kGolden));
+    const std::uint64_t threshold =
+        drop ? static_cast<std::uint64_t>(std::llround(act.dropout->rate * 65536.0)) : 0;
+    const S keep_scale = drop ? S(1) / (S(1) - static_cast<S>(act.dropout->rate)) : S(1);
+    const std::uint64_t key = drop ? mix64(act.dropout->seed ^ ((act.layer_id + 1) * kGolden)) : 0;
     const std::size_t stride = dropout_scratch_stride();
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+    const S* __restrict bias = b.data();
+    const std::ptrdiff_t nrows = static_cast<std::ptrdiff_t>(n);
+#pragma omp parallel for num_threads(threads) if (parallel(n * out)) schedule(static)
     for (std::ptrdiff_t si = 0; si < nrows; ++si) {
       const auto i = static_cast<std::size_t>(si);
-      S* __restrict yi = y + i * width;
+      S* __restrict yi = y + i * out;
+      if (!act.relu) {
+        for (std::size_t j = 0; j < out; ++j) yi[j] += bias[j];
+        continue;
+      }
+      if (!drop) {
+        for (std::size_t j = 0; j < out; ++j) yi[j] = std::max(yi[j] + bias[j], S(0));
+        continue;
+      }
       S* __restrict mult =
           dropout_scratch.data() + static_cast<std::size_t>(omp_get_thread_num()) * stride;
       std::uint64_t bits = 0;
-      for (std::size_t j = 0; j < width; ++j) {
-        const std::size_t k = i * width + j;
+      for (std::size_t j = 0; j < out; ++j) {
+        const std::size_t k = i * out + j;
         if (j == 0 || (k & 3U) == 0) bits = mix64(key + (k >> 2U) * kGolden) >> (16U * (k & 3U));
         mult[j] = (bits & 0xFFFFU) >= threshold ? keep_scale : S(0);
         bits >>= 16U;
       }
-      for (std::size_t j = 0; j < width; ++j) yi[j] = std::max(yi[j], S(0)) * mult[j];
+      for (std::size_t j = 0; j < out; ++j) yi[j] = std::max(yi[j] + bias[j], S(0)) * mult[j];
     }
   }
 
@@ -503,7 +523,8 @@ struct DeepBackprop<S>::Work {
     const S* type_table = p[layout.type_embedding].data();
     const S* rec_table = p[layout.recency_embedding].data();
     const std::ptrdiff_t nusers = static_cast<std::ptrdiff_t>(nu);
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+#pragma omp parallel for num_threads(threads) if (parallel((att_begin[nb] + ne) * a)) \
+    schedule(static)
     for (std::ptrdiff_t su = 0; su < nusers; ++su) {
       const auto u = static_cast<std::size_t>(su);
       const auto first = static_cast<std::size_t>(ex.history_offsets[batch_user[u]]);
@@ -556,8 +577,8 @@ struct DeepBackprop<S>::Work {
         auto& y = expert_out[e * layers + l];
         y.resize(nb * out);
         const std::size_t w = layout.expert[e][l];
-        linear(nb, width, out, in, width, p[w], p[w + 1], y.data());
-        relu_dropout(y.data(), out, dropout, e * layers + l);
+        linear(nb, width, out, in, width, p[w], p[w + 1], y.data(),
+               {true, &dropout, e * layers + l});
         in = y.data();
         width = out;
       }
@@ -572,7 +593,7 @@ struct DeepBackprop<S>::Work {
       auto& m = mix[t];
       m.resize(nb * hl);
       const std::ptrdiff_t nrows = static_cast<std::ptrdiff_t>(nb);
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+#pragma omp parallel for num_threads(threads) if (parallel(nb * hl * experts)) schedule(static)
       for (std::ptrdiff_t si = 0; si < nrows; ++si) {
         const auto i = static_cast<std::size_t>(si);
         S* gi = g.data() + i * experts;
@@ -605,8 +626,8 @@ struct DeepBackprop<S>::Work {
         auto& y = tower_out[t * tl + l];
         y.resize(nb * out);
         const std::size_t w = layout.tower[t][l];
-        linear(nb, width, out, in, width, p[w], p[w + 1], y.data());
-        relu_dropout(y.data(), out, dropout, first_id + t * tl + l);
+        linear(nb, width, out, in, width, p[w], p[w + 1], y.data(),
+               {true, &dropout, first_id + t * tl + l});
         in = y.data();
         width = out;
       }
@@ -678,11 +699,20 @@ struct DeepBackprop<S>::Work {
     return static_cast<S>(total);
   }
 
-  // Column sums of dz (n x out) added to gb.
-  static void add_column_sums(std::size_t n, std::size_t out, const S* dz, std::vector<S>& gb) {
-    for (std::size_t i = 0; i < n; ++i) {
-      const S* di = dz + i * out;
-      for (std::size_t j = 0; j < out; ++j) gb[j] += di[j];
+  // Column sums of dz (n x out) added to gb; threads split the columns, so
+  // each sum runs over the rows in order whatever the thread count.
+  void add_column_sums(std::size_t n, std::size_t out, const S* dz, std::vector<S>& gb) {
+    constexpr std::size_t kBlock = 32;
+    const auto blocks = static_cast<std::ptrdiff_t>((out + kBlock - 1) / kBlock);
+    S* __restrict sums = gb.data();
+#pragma omp parallel for num_threads(threads) if (blocks > 1 && parallel(n * out)) schedule(static)
+    for (std::ptrdiff_t sb = 0; sb < blocks; ++sb) {
+      const std::size_t j0 = static_cast<std::size_t>(sb) * kBlock;
+      const std::size_t j1 = std::min(out, j0 + kBlock);
+      for (std::size_t i = 0; i < n; ++i) {
+        const S* __restrict di = dz + i * out;
+        for (std::size_t j = j0; j < j1; ++j) sums[j] += di[j];
+      }
     }
   }
 
@@ -691,7 +721,7 @@ struct DeepBackprop<S>::Work {
   void relu_backward(S* dz, const S* y, std::size_t width, const DeepDropout& dropout) {
     const S keep_scale = dropout.rate > 0.0F ? S(1) / (S(1) - static_cast<S>(dropout.rate)) : S(1);
     const std::ptrdiff_t nrows = static_cast<std::ptrdiff_t>(nb);
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+#pragma omp parallel for num_threads(threads) if (parallel(nb * width)) schedule(static)
     for (std::ptrdiff_t si = 0; si < nrows; ++si) {
       const std::size_t base = static_cast<std::size_t>(si) * width;
       S* __restrict di = dz + base;
@@ -745,12 +775,17 @@ struct DeepBackprop<S>::Work {
       }
       // dm now holds d loss / d m_t.
       if (!mmoe) {
-        for (std::size_t k = 0; k < nb * hl; ++k) dy[0][k] += dm[k];
+        S* __restrict dy0 = dy[0].data();
+        const S* __restrict dmt = dm.data();
+        for (std::size_t k = 0; k < nb * hl; ++k) dy0[k] += dmt[k];
         continue;
       }
       const S* gt = gate[t].data();
       dgate.resize(nb * experts);
-      for (std::size_t i = 0; i < nb; ++i) {
+      const std::ptrdiff_t nrows = static_cast<std::ptrdiff_t>(nb);
+#pragma omp parallel for num_threads(threads) if (parallel(nb * hl * experts)) schedule(static)
+      for (std::ptrdiff_t si = 0; si < nrows; ++si) {
+        const auto i = static_cast<std::size_t>(si);
         const S* dmi = dm.data() + i * hl;
         const S* gi = gt + i * experts;
         S* dgi = dgate.data() + i * experts;
@@ -832,7 +867,7 @@ struct DeepBackprop<S>::Work {
     dk.assign(ne * a, S(0));
     dv.assign(ne * a, S(0));
     const std::ptrdiff_t nusers = static_cast<std::ptrdiff_t>(nu);
-#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+#pragma omp parallel for num_threads(threads) if (parallel(att_begin[nb] * a)) schedule(static)
     for (std::ptrdiff_t su = 0; su < nusers; ++su) {
       const auto u = static_cast<std::size_t>(su);
       const std::size_t e0 = event_begin[u];

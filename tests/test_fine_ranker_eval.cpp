@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -17,6 +18,8 @@
 #include <catch2/catch.hpp>
 
 #include "funnel/catalog.hpp"
+#include "funnel/deep_fine_ranker.hpp"
+#include "funnel/deep_ranker.hpp"
 #include "funnel/error.hpp"
 #include "funnel/event.hpp"
 #include "funnel/fine_ranker.hpp"
@@ -97,7 +100,15 @@ class TableRanker final : public FineRanker {
 // Items 1..4 with 2-d vectors (1,0), (0,1), (1,1), (2,0).
 Catalog make_catalog(bool with_vectors = true) {
   Catalog catalog;
-  for (ItemId id = 1; id <= 4; ++id) catalog.add({id, "item " + std::to_string(id)});
+  for (ItemId id = 1; id <= 4; ++id) {
+    funnel::Item item;
+    item.id = id;
+    item.title = "item " + std::to_string(id);
+    item.category = id % 2 == 0 ? "even" : "odd";
+    item.brand = id <= 2 ? "low" : "high";
+    item.price = 10.0 * static_cast<double>(id);
+    catalog.add(std::move(item));
+  }
   if (with_vectors) {
     catalog.set_vectors(Matrix<float>(4, 2, std::vector<float>{1, 0, 0, 1, 1, 1, 2, 0}));
   }
@@ -441,4 +452,50 @@ TEST_CASE("evaluate_fine_ranker: rejects bad input with a clear error", "[eval]"
     CHECK_THROWS_WITH(evaluate_fine_ranker(broken, catalog, events, users, make_config(2)),
                       Contains("'cvr'") && Contains("item 3") && Contains("user 'b'"));
   }
+}
+
+TEST_CASE("evaluate_fine_ranker: a DeepFineRanker's task labels decide what each is measured on",
+          "[eval]") {
+  // Tasks named unlike the defaults: their labels (click, purchase given a
+  // click, dwell) make them the ctr, cvr and dwell of the protocol.
+  const auto catalog = std::make_shared<const Catalog>(make_catalog());
+  const std::vector<Event> events = make_log();
+  const std::vector<UserProfile> users = make_users();
+  funnel::DeepFineRankerTrainConfig train;
+  using funnel::DeepTaskKind;
+  train.model.tasks = {{"click_prob", DeepTaskKind::binary, "", 1.0F, "click"},
+                       {"buy", DeepTaskKind::ctcvr, "click_prob", 1.0F, "purchase"},
+                       {"stay", DeepTaskKind::regression, "", 0.5F, "dwell"}};
+  train.model.fusion.weights = {{"click_prob", 1.0F}, {"buy", 1.0F}};
+  train.model.attention_dim = 4;
+  train.model.experts = 2;
+  train.model.expert_hidden = {4};
+  train.model.tower_hidden = {};
+  train.features.embedding_dim = 2;
+  train.train.max_epochs = 1;
+  train.train.batch_size = 4;
+  const std::unique_ptr<funnel::DeepFineRanker> ranker =
+      funnel::DeepFineRanker::train(catalog, events, users, train);
+
+  FineRankerEvalConfig config = make_config(2);
+  config.fusion.weights = {{"buy", 1.0F}};
+  const FineRankerEvalReport report =
+      evaluate_fine_ranker(*ranker, *catalog, events, users, config);
+  REQUIRE(report.objectives.size() == 4);
+  const ObjectiveEval& click = find(report, "click_prob");
+  CHECK(click.examples == 7);
+  CHECK(click.positive_rate == Approx(3.0 / 7.0));
+  CHECK(std::isfinite(click.auc));
+  CHECK(std::isnan(click.rmse));
+  const ObjectiveEval& buy = find(report, "buy");
+  CHECK(buy.examples == 3);
+  CHECK(buy.positive_rate == Approx(1.0 / 3.0));
+  const ObjectiveEval& stay = find(report, "stay");
+  CHECK(stay.examples == 3);
+  CHECK(std::isfinite(stay.rmse));
+  CHECK(std::isnan(stay.log_loss));
+  const ObjectiveEval& ctcvr = find(report, "ctcvr");
+  CHECK(ctcvr.examples == 7);
+  CHECK(ctcvr.positive_rate == Approx(1.0 / 7.0));
+  CHECK(report.ranking_users == 2);
 }

@@ -22,6 +22,10 @@ constexpr Command kCommands[] = {
      funnel::cli::run_encode},
     {"index", "build, search and inspect vector indexes (.npy in, FAISS files out)",
      funnel::cli::run_index},
+    {"train", "train a fine ranker (deep or logistic) on catalogue, users and events",
+     funnel::cli::run_train},
+    {"eval", "evaluate a trained fine ranker on a held-out period of an event log",
+     funnel::cli::run_eval},
 };
 
 constexpr std::string_view kSummary = "The recommendation funnel from the shell (see docs/cli.md).";

@@ -161,9 +161,10 @@ struct DeepRankerConfig {
   std::vector<DeepNumericFeature> item_numeric;
   std::size_t history_category_feature = 0;  ///< index into item_categorical
   std::size_t history_length = 50;           ///< most recent history events a request keeps (N)
-  /// Recency bucket bounds in seconds, strictly increasing, > 0.
-  std::vector<std::int64_t> recency_bounds_s = {3600,       86400,      3 * 86400, 7 * 86400,
-                                                14 * 86400, 30 * 86400, 90 * 86400};
+  /// Recency bucket bounds in seconds, strictly increasing, > 0: 1 hour,
+  /// 1, 3, 7, 14, 30 and 90 days.
+  std::vector<std::int64_t> recency_bounds_s = {3600,    86400,   259200, 604800,
+                                                1209600, 2592000, 7776000};
   std::size_t attention_dim = 32;                       ///< A
   std::size_t experts = 4;                              ///< E (1 for shared_bottom)
   std::vector<std::size_t> expert_hidden = {256, 128};  ///< expert layer widths (at least one)

@@ -5,6 +5,7 @@
 #include "funnel/deep_ranker.hpp"
 
 #include <algorithm>
+#include <cassert>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -17,6 +18,7 @@
 
 #include "funnel/error.hpp"
 #include "funnel/safetensors.hpp"
+#include "internal/deep_ranker_kernels.hpp"
 #include "internal/error_util.hpp"
 
 namespace funnel {
@@ -613,6 +615,10 @@ void check_size(std::span<const T> values, std::size_t expected, std::string_vie
 }
 
 void check_finite(std::span<const float> values, std::size_t cols, std::string_view name) {
+  // Every request checks its vectors: the vector check first, the search
+  // for the offending value only when it fails.
+  static const detail::deep::KernelIsa isa = detail::bert::detect_isa();
+  if (detail::deep::all_finite(isa, values.data(), values.size())) return;
   for (std::size_t i = 0; i < values.size(); ++i) {
     if (!std::isfinite(values[i])) {
       detail::fail(ErrorCode::invalid_argument, "DeepRankerBatch.", name, "[row ", i / cols,
@@ -634,13 +640,16 @@ void check_indices(std::span<const std::int32_t> values,
   }
 }
 
+// `meaning` and `feature` explain the range in the message (a feature name,
+// when set, is quoted after `meaning`); no string is built unless it fails.
 void check_range(std::span<const std::int32_t> values, std::size_t max, std::string_view name,
-                 std::string_view meaning) {
+                 std::string_view meaning, std::string_view feature = {}) {
   for (std::size_t i = 0; i < values.size(); ++i) {
     const std::int32_t v = values[i];
     if (v < 0 || static_cast<std::size_t>(v) > max) {
       detail::fail(ErrorCode::invalid_argument, "DeepRankerBatch.", name, "[", i, "] = ", v,
-                   " is outside [0, ", max, "] (", meaning, ")");
+                   " is outside [0, ", max, "] (", meaning,
+                   feature.empty() ? "" : detail::cat(" '", feature, "'"), ")");
     }
   }
 }
@@ -688,11 +697,10 @@ void DeepRankerBatch::validate(const DeepRankerConfig& config) const {
 
   check_indices(user_categorical, config.user_categorical, "user_categorical");
   check_indices(candidate_categorical, config.item_categorical, "candidate_categorical");
-  check_range(history_category,
-              config.item_categorical[config.history_category_feature].vocab.size(),
-              "history_category",
-              detail::cat("index into the table of item feature '",
-                          config.item_categorical[config.history_category_feature].name, "'"));
+  const DeepCategoricalFeature& history_feature =
+      config.item_categorical[config.history_category_feature];
+  check_range(history_category, history_feature.vocab.size(), "history_category",
+              "index into the table of item feature", history_feature.name);
   check_range(history_type, kEventTypes - 1, "history_type", "EventType value");
   check_range(history_recency, config.recency_bounds_s.size(), "history_recency", "recency bucket");
   for (std::size_t i = 0; i < candidates; ++i) {

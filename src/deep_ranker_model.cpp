@@ -67,12 +67,14 @@ constexpr const char* kWeightsFile = "model.safetensors";
 // Rows of every product are padded to a multiple of this.
 constexpr std::size_t kRowAlign = 16;
 // Candidate rows per chunk (and the most rows of any one product).
-constexpr std::size_t kChunkRows = 256;
+constexpr std::size_t kChunkRows = 128;
 // Bounds of the primitive cache (shared) and of each workspace's memory
 // objects: cleared when full, a bound for workloads with very many shapes.
 constexpr std::size_t kMaxCachedPrimitives = 1024;
 constexpr std::size_t kMaxCachedMemories = 4096;
 constexpr std::size_t kMaxThreads = 1024;
+// Most expert layers (DeepRankerConfig::validate allows 64).
+constexpr std::size_t kMaxLayers = 64;
 
 constexpr std::size_t round_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
 
@@ -685,6 +687,7 @@ void DeepRankerModel::Impl::forward(const DeepRankerBatch& batch, MatrixView<flo
   const std::size_t events = batch.history_category.size();
   const std::size_t layers = c.expert_hidden.size();
   const std::size_t tower_layers = c.tower_hidden.size();
+  assert(layers <= kMaxLayers);
   const std::size_t n_user = experts * h0 + ng;  // user-part columns
   const std::size_t mu = round_up(nu, kRowAlign);
   const std::size_t mev = round_up(events, kRowAlign);
@@ -707,10 +710,11 @@ void DeepRankerModel::Impl::forward(const DeepRankerBatch& batch, MatrixView<flo
   const std::size_t o_scores = carve.add(rmax * hist * 4);
   const std::size_t o_tmp = carve.add(rmax * h0 * 4);
   const std::size_t o_gate = carve.add(rmax * std::max<std::size_t>(ng, 1) * 4);
-  std::vector<std::size_t> o_layer(layers);
-  for (std::size_t l = 0; l < layers; ++l) {
-    o_layer[l] = carve.add(experts * rmax * c.expert_hidden[l] * 4);
-  }
+  // Hidden expert layers of one expert, then the last layer of all experts.
+  std::array<std::size_t, kMaxLayers> o_layer{};
+  for (std::size_t l = 0; l + 1 < layers; ++l)
+    o_layer[l] = carve.add(rmax * c.expert_hidden[l] * 4);
+  const std::size_t o_y = carve.add(experts * rmax * hl * 4);
   const std::size_t o_mix = carve.add(rmax * hl * 4);
   const std::size_t o_z0 = carve.add(rmax * tower_max * 4);
   const std::size_t o_z1 = carve.add(rmax * tower_max * 4);
@@ -827,35 +831,6 @@ void DeepRankerModel::Impl::forward(const DeepRankerBatch& batch, MatrixView<flo
       if (bf16) bert::to_bf16(isa, p, cand_b + i * ca + c_width, a);
     });
 
-    // First expert layer, per expert (expert-major output), with the
-    // user's part as bias when the chunk has one user.
-    const bool one_user = std::all_of(cu, cu + rows, [&](std::int32_t u) { return u == cu[0]; });
-    const Dt first_dst = first_fused.dst;
-    const std::size_t first_esz = dt_size(first_dst);
-    std::byte* a0 = base + o_layer[0];
-    for (std::size_t e = 0; e < experts; ++e) {
-      std::byte* out = a0 + e * m * h0 * first_esz;
-      if (one_user) {
-        run(ws, first_fused, first_w[e], m, cand_act, out,
-            up + static_cast<std::size_t>(cu[0]) * n_user + e * h0);
-        continue;
-      }
-      run(ws, first_plain, first_w[e], m, cand_act, tmp);
-      for_rows(m, parallel, [&](std::size_t i) {
-        const float* x = tmp + i * h0;
-        std::byte* dst = out + i * h0 * first_esz;
-        if (i >= rows) {
-          std::memset(dst, 0, h0 * first_esz);
-          return;
-        }
-        const float* add = up + static_cast<std::size_t>(cu[i]) * n_user + e * h0;
-        if (first_dst == Dt::bf16) {
-          kern::add_relu(isa, x, add, h0, reinterpret_cast<std::uint16_t*>(dst));
-        } else {
-          kern::add_relu(isa, x, add, h0, reinterpret_cast<float*>(dst));
-        }
-      });
-    }
     // Gates: candidate part, plus the user's part, softmax per task.
     if (mmoe) {
       run(ws, gate_stage, gate_w, m, cand_act, gate);
@@ -865,15 +840,42 @@ void DeepRankerModel::Impl::forward(const DeepRankerBatch& batch, MatrixView<flo
                            experts);
       });
     }
-    // Deeper expert layers.
-    for (std::size_t l = 1; l < layers; ++l) {
-      const Stage& s = expert_stages[l];
-      for (std::size_t e = 0; e < experts; ++e) {
-        run(ws, s, expert_w[e][l], m, base + o_layer[l - 1] + e * m * s.k * dt_size(s.src),
-            base + o_layer[l] + e * m * s.n * dt_size(s.dst));
+    // Experts, one at a time through all its layers (its activations stay
+    // in cache), into y (expert-major, f32). The first layer takes the
+    // user's part as its bias when the chunk has one user.
+    const bool one_user = std::all_of(cu, cu + rows, [&](std::int32_t u) { return u == cu[0]; });
+    const Dt first_dst = first_fused.dst;
+    const std::size_t first_esz = dt_size(first_dst);
+    auto* y_out = reinterpret_cast<float*>(base + o_y);
+    for (std::size_t e = 0; e < experts; ++e) {
+      std::byte* expert_out = reinterpret_cast<std::byte*>(y_out + e * m * hl);
+      std::byte* out = layers == 1 ? expert_out : base + o_layer[0];
+      if (one_user) {
+        run(ws, first_fused, first_w[e], m, cand_act, out,
+            up + static_cast<std::size_t>(cu[0]) * n_user + e * h0);
+      } else {
+        run(ws, first_plain, first_w[e], m, cand_act, tmp);
+        for_rows(m, parallel, [&](std::size_t i) {
+          const float* x = tmp + i * h0;
+          std::byte* dst = out + i * h0 * first_esz;
+          if (i >= rows) {
+            std::memset(dst, 0, h0 * first_esz);
+            return;
+          }
+          const float* add = up + static_cast<std::size_t>(cu[i]) * n_user + e * h0;
+          if (first_dst == Dt::bf16) {
+            kern::add_relu(isa, x, add, h0, reinterpret_cast<std::uint16_t*>(dst));
+          } else {
+            kern::add_relu(isa, x, add, h0, reinterpret_cast<float*>(dst));
+          }
+        });
+      }
+      for (std::size_t l = 1; l < layers; ++l) {
+        run(ws, expert_stages[l], expert_w[e][l], m, base + o_layer[l - 1],
+            l + 1 == layers ? expert_out : base + o_layer[l]);
       }
     }
-    const auto* y = reinterpret_cast<const float*>(base + o_layer[layers - 1]);  // f32
+    const float* y = y_out;
 
     // Tower input: the mixture (mmoe, per task) or y itself (shared_bottom).
     const Dt tower_in = tower_layers > 0 ? act : Dt::f32;

@@ -387,7 +387,8 @@ void DeepRankerConfig::validate() const {
   } catch (const Error& e) {
     detail::fail(ErrorCode::invalid_argument, "DeepRankerConfig.fusion: ", e.what());
   }
-  for (const auto& [name, weight] : fusion.weights) {
+  for (const auto& objective : fusion.weights) {
+    const std::string& name = objective.first;
     const bool known = std::any_of(tasks.begin(), tasks.end(),
                                    [&](const DeepTaskConfig& t) { return t.name == name; });
     if (!known) {

@@ -21,8 +21,6 @@
 #include "internal/checksum.hpp"
 #include "test_util.hpp"
 
-using funnel::DeepCategoricalFeature;
-using funnel::DeepNumericFeature;
 using funnel::DeepRankerBatch;
 using funnel::DeepRankerConfig;
 using funnel::DeepRankerExamples;
@@ -973,34 +971,37 @@ TEST_CASE("DeepRankerModel: bf16 scores within 1e-3 of fp32", "[deep_ranker]") {
     WARN("skipped: this CPU has neither AVX512_BF16 nor AMX");
     return;
   }
-  DeepRankerConfig c = small_config();
-  c.item_vector_dim = 32;
-  c.attention_dim = 16;
-  c.experts = 4;
-  c.expert_hidden = {64, 32};
-  c.tower_hidden = {16};
-  c.history_length = 20;
-  const DeepRankerParameters params = random_parameters(c, 21);
-  // Trained-scale weights: the He-uniform draw shrunk, as a trained
-  // ranker's logits are a few units at most.
-  DeepRankerParameters scaled = params;
-  for (NamedTensor& p : scaled) {
-    if (p.name.ends_with(".weight")) {
-      for (float& v : p.values) v *= 0.5F;
+  for (const auto body : {DeepRankerConfig::Body::mmoe, DeepRankerConfig::Body::shared_bottom}) {
+    INFO("body " << funnel::to_string(body));
+    DeepRankerConfig c = small_config();
+    c.body = body;
+    c.item_vector_dim = 32;
+    c.attention_dim = 16;
+    c.experts = body == DeepRankerConfig::Body::mmoe ? 4 : 1;
+    c.expert_hidden = {64, 32};
+    c.tower_hidden = {16};
+    c.history_length = 20;
+    // Trained-scale weights: the He-uniform draw shrunk, as a trained
+    // ranker's logits are a few units at most.
+    DeepRankerParameters scaled = random_parameters(c, 21);
+    for (NamedTensor& p : scaled) {
+      if (p.name.ends_with(".weight")) {
+        for (float& v : p.values) v *= 0.5F;
+      }
     }
-  }
-  DeepRankerServeOptions bf16;
-  bf16.precision = DeepRankerServeOptions::Precision::bf16;
-  const auto m32 = DeepRankerModel::create(c, scaled);
-  const auto m16 = DeepRankerModel::create(c, scaled, bf16);
-  CHECK(m16->options().precision == DeepRankerServeOptions::Precision::bf16);
-  const DeepRankerExamples ex = random_examples(c, {20, 0, 7}, {0, 1, 2, 0, 0, 2, 1, 2}, 22);
-  const DeepRankerExamples one = random_examples(c, {20}, std::vector<std::int32_t>(100, 0), 23);
-  for (const DeepRankerExamples* e : {&ex, &one}) {
-    const auto a = run_forward(*m32, *e);
-    const auto b = run_forward(*m16, *e);
-    CHECK(max_abs_diff(b, a) <= 1e-3);
-    CHECK(max_abs_diff(b, a) > 0.0);  // bf16 really ran
+    DeepRankerServeOptions bf16;
+    bf16.precision = DeepRankerServeOptions::Precision::bf16;
+    const auto m32 = DeepRankerModel::create(c, scaled);
+    const auto m16 = DeepRankerModel::create(c, scaled, bf16);
+    CHECK(m16->options().precision == DeepRankerServeOptions::Precision::bf16);
+    const DeepRankerExamples ex = random_examples(c, {20, 0, 7}, {0, 1, 2, 0, 0, 2, 1, 2}, 22);
+    const DeepRankerExamples one = random_examples(c, {20}, std::vector<std::int32_t>(200, 0), 23);
+    for (const DeepRankerExamples* e : {&ex, &one}) {
+      const auto a = run_forward(*m32, *e);
+      const auto b = run_forward(*m16, *e);
+      CHECK(max_abs_diff(b, a) <= 1e-3);
+      CHECK(max_abs_diff(b, a) > 0.0);  // bf16 really ran
+    }
   }
 }
 
@@ -1216,10 +1217,12 @@ TEST_CASE("DeepRankerModel: concurrent forward calls match sequential ones",
     batches.push_back(random_examples(c, {b % 4, 4, 2}, owners, 100 + b));
   }
   std::vector<std::vector<float>> expected;
+  expected.reserve(batches.size());
   for (const auto& b : batches) expected.push_back(run_forward(*model, b));
   constexpr int kThreads = 4;
   std::vector<int> mismatches(kThreads, 0);
   std::vector<std::thread> threads;
+  threads.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int round = 0; round < 10; ++round) {

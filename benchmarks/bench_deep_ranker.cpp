@@ -9,13 +9,12 @@
 //         with DeepRankerModel::load at the given precision and 1 thread,
 //         and times DeepRankerModel::forward() on each request
 //         <model>/requests/nc<n>.safetensors (one user with a full history,
-//         n candidates; the file every runtime reads). Loading the request
-//         into a DeepRankerBatch is outside the timed region, as the peers'
-//         input tensors are. The first call's outputs go to --outputs-dir as
-//         funnel-<precision>_<model>_nc<n>.npy (the report checks every
-//         runtime against them). Besides wall time, the process CPU time of
-//         the timed calls is recorded: cpu / wall near 1 shows that one
-//         thread did the work.
+//         n candidates, as the arrays of a DeepRankerBatch; the file every
+//         runtime reads). Loading the request into a DeepRankerBatch is
+//         outside the timed region, as the peers' input tensors are. The first call's outputs go to
+//         --outputs-dir as funnel-<precision>_<model>_nc<n>.npy (the report checks every runtime
+//         against them). Besides wall time, the process CPU time of the timed calls is recorded:
+//         cpu / wall near 1 shows that one thread did the work.
 //  gemm   The reference FLOP rate: dnnl_sgemm of --size^3 (row-major, no
 //         transposes) on 1 OpenMP thread, --reps timed calls after two
 //         warm-ups; GFLOP/s of the median call.
@@ -43,6 +42,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <exception>
 #include <filesystem>
@@ -62,6 +62,7 @@
 #include "funnel/error.hpp"
 #include "funnel/matrix.hpp"
 #include "funnel/npy.hpp"
+#include "funnel/safetensors.hpp"
 
 namespace {
 
@@ -238,6 +239,79 @@ Timing time_calls(const Call& call, const Options& o) {
   return t;
 }
 
+// One request as the arrays of a DeepRankerBatch (the file every runtime
+// reads; make_models.py writes it with the batch's member names).
+struct Request {
+  std::size_t users = 0;
+  std::size_t candidates = 0;
+  std::vector<std::int32_t> user_categorical;
+  std::vector<float> user_numeric;
+  std::vector<std::int64_t> history_offsets;
+  std::vector<float> history_vectors;
+  std::vector<std::int32_t> history_category;
+  std::vector<std::int32_t> history_type;
+  std::vector<std::int32_t> history_recency;
+  std::vector<std::int32_t> candidate_user;
+  std::vector<float> candidate_vectors;
+  std::vector<std::int32_t> candidate_categorical;
+  std::vector<float> candidate_numeric;
+
+  [[nodiscard]] funnel::DeepRankerBatch batch() const {
+    funnel::DeepRankerBatch b;
+    b.users = users;
+    b.user_categorical = user_categorical;
+    b.user_numeric = user_numeric;
+    b.history_offsets = history_offsets;
+    b.history_vectors = history_vectors;
+    b.history_category = history_category;
+    b.history_type = history_type;
+    b.history_recency = history_recency;
+    b.candidates = candidates;
+    b.candidate_user = candidate_user;
+    b.candidate_vectors = candidate_vectors;
+    b.candidate_categorical = candidate_categorical;
+    b.candidate_numeric = candidate_numeric;
+    return b;
+  }
+};
+
+template <class T>
+std::vector<T> read_tensor(const funnel::SafetensorsFile& file, std::string_view name,
+                           funnel::TensorDType dtype) {
+  const funnel::TensorInfo& t = file.at(name);
+  if (t.dtype != dtype) {
+    throw std::runtime_error(file.path().string() + ": tensor " + std::string(name) + " is " +
+                             std::string(funnel::to_string(t.dtype)) + ", expected " +
+                             std::string(funnel::to_string(dtype)));
+  }
+  std::vector<T> out(t.elements());
+  const auto bytes = file.bytes(t);
+  if (!out.empty()) std::memcpy(out.data(), bytes.data(), bytes.size());
+  return out;
+}
+
+Request load_request(const fs::path& path) {
+  using funnel::TensorDType;
+  const funnel::SafetensorsFile file = funnel::SafetensorsFile::open(path);
+  Request r;
+  r.user_categorical = read_tensor<std::int32_t>(file, "user_categorical", TensorDType::i32);
+  r.user_numeric = read_tensor<float>(file, "user_numeric", TensorDType::f32);
+  r.history_offsets = read_tensor<std::int64_t>(file, "history_offsets", TensorDType::i64);
+  r.history_vectors = read_tensor<float>(file, "history_vectors", TensorDType::f32);
+  r.history_category = read_tensor<std::int32_t>(file, "history_category", TensorDType::i32);
+  r.history_type = read_tensor<std::int32_t>(file, "history_type", TensorDType::i32);
+  r.history_recency = read_tensor<std::int32_t>(file, "history_recency", TensorDType::i32);
+  r.candidate_user = read_tensor<std::int32_t>(file, "candidate_user", TensorDType::i32);
+  r.candidate_vectors = read_tensor<float>(file, "candidate_vectors", TensorDType::f32);
+  r.candidate_categorical =
+      read_tensor<std::int32_t>(file, "candidate_categorical", TensorDType::i32);
+  r.candidate_numeric = read_tensor<float>(file, "candidate_numeric", TensorDType::f32);
+  if (r.history_offsets.empty()) throw std::runtime_error(path.string() + ": no history_offsets");
+  r.users = r.history_offsets.size() - 1;
+  r.candidates = r.candidate_user.size();
+  return r;
+}
+
 int run_serve(const Options& o) {
   const bool bf16 = o.precision == funnel::DeepRankerServeOptions::Precision::bf16;
   const std::string variant = bf16 ? "bf16" : "fp32";
@@ -257,14 +331,15 @@ int run_serve(const Options& o) {
   }
   const std::size_t tasks = model->config().tasks.size();
   for (const std::size_t nc : o.candidates) {
-    const funnel::DeepRankerExamples request = funnel::DeepRankerExamples::load(
-        model_dir / "requests" / ("nc" + std::to_string(nc) + ".safetensors"), model->config());
+    const Request request =
+        load_request(model_dir / "requests" / ("nc" + std::to_string(nc) + ".safetensors"));
     if (request.candidates != nc || request.users != 1) {
       throw std::runtime_error("request nc" + std::to_string(nc) + " holds " +
                                std::to_string(request.users) + " users and " +
                                std::to_string(request.candidates) + " candidates");
     }
     const funnel::DeepRankerBatch batch = request.batch();
+    batch.validate(model->config());
     funnel::Matrix<float> outputs(nc, tasks);
     model->forward(batch, outputs.view());
     funnel::save_npy(

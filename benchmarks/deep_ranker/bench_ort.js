@@ -9,7 +9,7 @@
 // onnxruntime-node's CPU execution provider (graph optimisation "all", one
 // intra-op and one inter-op thread, sequential execution), and times
 // session.run() on <models-dir>/<model>/requests/nc<n>.safetensors (one user,
-// n candidates; the DeepRankerExamples layout every runtime reads). The feeds
+// n candidates, as DeepRankerBatch's arrays; every runtime reads it). The feeds
 // are built outside the timed region, as funnel's and PyTorch's inputs are:
 // for the usual export that includes broadcasting the user's features and
 // padded history (with its 0/1 mask) to every candidate, which a caller

@@ -48,6 +48,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "tools", "deep_ranker"))
 import deep_ranker as dr  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_models  # noqa: E402  (the request files)
+
 
 def set_threads(threads):
     torch.set_num_threads(threads)
@@ -93,9 +96,8 @@ def serve(args):
     model.eval()
     with open(args.out, "a", encoding="utf-8") as out, torch.inference_mode():
         for nc in (int(n) for n in args.candidates.split(",")):
-            req = dr.load_examples(os.path.join(model_dir, "requests", "nc%d.safetensors" % nc),
-                                   cfg)
-            batch = dr.to_torch_batch(req)
+            batch = make_models.torch_batch(make_models.read_request(
+                os.path.join(model_dir, "requests", "nc%d.safetensors" % nc)))
 
             def call():
                 return model.outputs(model(batch))

@@ -26,14 +26,16 @@ directory outside git):
       outputs are mixed by one batched MatMul;
   <name>/requests/nc<n>.safetensors
       one request: one user with a full history (history_length events) and
-      n candidates, in the DeepRankerExamples layout (labels NaN), for n in
+      n candidates, as the arrays of a DeepRankerBatch (tensor names = its
+      member names: user_categorical, ..., history_vectors, ...,
+      candidate_numeric; I32 indices, I64 offsets, F32), for n in
       CANDIDATES. Every runtime reads these files;
 
 and, for the training-throughput comparison (the first model only):
 
   <name>/train/config.json, train.safetensors, validation.safetensors
       synthetic labelled examples (the layout `funnel train
-      --export-examples` writes): --train-steps x --batch-size training
+      --export-examples` writes, through deep_ranker.py's save_examples): --train-steps x --batch-size training
       rows (so one epoch is exactly that many steps), a small validation set.
 
 Both exports are checked here against the PyTorch twin on every request
@@ -70,8 +72,12 @@ ATTENTION_DIM = 32  # A
 EMBEDDING_DIM = 16  # DeepFeatureConfig::embedding_dim's default
 CANDIDATES = (1, 100, 1000)
 # Bumped whenever the generated files change, so stale caches are rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 OPSET = 14
+# A request file's tensors: DeepRankerBatch's members (the layout every runner reads).
+BATCH_KEYS = ("user_categorical", "user_numeric", "history_offsets", "history_vectors",
+              "history_category", "history_type", "history_recency", "candidate_user",
+              "candidate_vectors", "candidate_categorical", "candidate_numeric")
 
 
 def vocab(prefix, n):
@@ -298,6 +304,22 @@ class CarefulNet(nn.Module):
         return torch.cat(cols, 1)
 
 
+def torch_batch(arrays):
+    """The twin's input dict of a request's batch arrays (int64 indices, f32)."""
+    out = {}
+    for k in BATCH_KEYS:
+        a = np.ascontiguousarray(arrays[k])
+        out[k] = torch.from_numpy(a.astype(np.float32) if a.dtype == np.float32
+                                  else a.astype(np.int64))
+    return out
+
+
+def read_request(path):
+    """A request file's arrays (DeepRankerBatch member names)."""
+    tensors, _ = dr.read_safetensors(path)
+    return {k: tensors[k] for k in BATCH_KEYS}
+
+
 USUAL_INPUTS = ["user_categorical", "user_numeric", "history_vectors", "history_category",
                 "history_type", "history_recency", "history_mask", "candidate_vectors",
                 "candidate_categorical", "candidate_numeric"]
@@ -370,8 +392,9 @@ def build(name, out_dir, seed, train_steps, batch_size):
     requests = {}
     for nc in CANDIDATES:
         req = make_users(cfg, rng, 1, [n_hist], nc, now)
-        req["labels"][:] = np.nan
-        dr.save_examples(os.path.join(req_dir, "nc%d.safetensors" % nc), req)
+        req = {k: req[k] for k in BATCH_KEYS}
+        dr.write_safetensors(os.path.join(req_dir, "nc%d.safetensors" % nc),
+                             [(k, req[k]) for k in BATCH_KEYS])
         requests[nc] = req
 
     usual, careful = UsualNet(model).eval(), CarefulNet(model).eval()
@@ -390,7 +413,7 @@ def build(name, out_dir, seed, train_steps, batch_size):
     # The exported modules must be the twin's network.
     with torch.no_grad():
         for nc, req in requests.items():
-            ref = model.outputs(model(dr.to_torch_batch(req))).numpy()
+            ref = model.outputs(model(torch_batch(req))).numpy()
             for module, feeds, names in ((usual, usual_feeds(req, n_hist), USUAL_INPUTS),
                                          (careful, careful_feeds(req), CAREFUL_INPUTS)):
                 got = module(*(torch.from_numpy(np.ascontiguousarray(feeds[n]))

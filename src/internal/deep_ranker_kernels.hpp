@@ -128,60 +128,68 @@ using bert::avx512::tail_mask;
   return bad == 0;
 }
 
-// As scalar::attention. Scores: for each block of up to 64 events, four
-// accumulators gather q[a] * kt[a][j..j+63] over a (a rank-1 update per
-// a, so each loaded key vector serves 16 events). Pooling: up to 64 value
-// columns per pass in four accumulators.
+// Up to 64 lanes (four vectors, masks m[0..3]; a zero mask skips its
+// vector) of acc += w * row.
+struct Lanes64 {
+  __mmask16 m[4];
+};
+
+[[FUNNEL_DEEP_AVX512]] inline Lanes64 lanes64(std::size_t left) noexcept {
+  return {{tail_mask(left), left > 16 ? tail_mask(left - 16) : __mmask16{0},
+           left > 32 ? tail_mask(left - 32) : __mmask16{0},
+           left > 48 ? tail_mask(left - 48) : __mmask16{0}}};
+}
+
+[[FUNNEL_DEEP_AVX512]] inline void fma64(__m512* acc, __m512 w, const float* row,
+                                         const Lanes64& l) noexcept {
+  acc[0] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(l.m[0], row), acc[0]);
+  if (l.m[1] != 0) acc[1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(l.m[1], row + 16), acc[1]);
+  if (l.m[2] != 0) acc[2] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(l.m[2], row + 32), acc[2]);
+  if (l.m[3] != 0) acc[3] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(l.m[3], row + 48), acc[3]);
+}
+
+[[FUNNEL_DEEP_AVX512]] inline void store64(float* out, const __m512* even, const __m512* odd,
+                                           const Lanes64& l) noexcept {
+  for (std::size_t k = 0; k < 4; ++k) {
+    _mm512_mask_storeu_ps(out + 16 * k, l.m[k], _mm512_add_ps(even[k], odd[k]));
+  }
+}
+
+// As scalar::attention. Scores: per block of up to 64 events, a rank-1
+// update per a (each loaded key vector serves 16 events); pooling: per
+// block of up to 64 value columns, one update per event. Even and odd
+// steps go to separate accumulators, so that the chains of dependent FMAs
+// are half as long (the kernel is bound by FMA latency otherwise).
 [[FUNNEL_DEEP_AVX512]] inline void attention(const float* q, std::size_t a_dim, const float* kt,
                                              std::size_t kt_stride, const float* v,
                                              std::size_t v_stride, std::size_t ne, float scale,
                                              float* scores, float* p) noexcept {
   for (std::size_t j0 = 0; j0 < ne; j0 += 64) {
-    const std::size_t left = ne - j0;
-    const __mmask16 m0 = tail_mask(left);
-    const __mmask16 m1 = left > 16 ? tail_mask(left - 16) : 0;
-    const __mmask16 m2 = left > 32 ? tail_mask(left - 32) : 0;
-    const __mmask16 m3 = left > 48 ? tail_mask(left - 48) : 0;
-    __m512 s0 = _mm512_setzero_ps();
-    __m512 s1 = _mm512_setzero_ps();
-    __m512 s2 = _mm512_setzero_ps();
-    __m512 s3 = _mm512_setzero_ps();
-    for (std::size_t a = 0; a < a_dim; ++a) {
-      const __m512 qa = _mm512_set1_ps(q[a]);
-      const float* row = kt + a * kt_stride + j0;
-      s0 = _mm512_fmadd_ps(qa, _mm512_maskz_loadu_ps(m0, row), s0);
-      if (m1 != 0) s1 = _mm512_fmadd_ps(qa, _mm512_maskz_loadu_ps(m1, row + 16), s1);
-      if (m2 != 0) s2 = _mm512_fmadd_ps(qa, _mm512_maskz_loadu_ps(m2, row + 32), s2);
-      if (m3 != 0) s3 = _mm512_fmadd_ps(qa, _mm512_maskz_loadu_ps(m3, row + 48), s3);
+    const Lanes64 l = lanes64(ne - j0);
+    __m512 even[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                      _mm512_setzero_ps()};
+    __m512 odd[4] = {even[0], even[1], even[2], even[3]};
+    std::size_t a = 0;
+    for (; a + 1 < a_dim; a += 2) {
+      fma64(even, _mm512_set1_ps(q[a]), kt + a * kt_stride + j0, l);
+      fma64(odd, _mm512_set1_ps(q[a + 1]), kt + (a + 1) * kt_stride + j0, l);
     }
-    _mm512_mask_storeu_ps(scores + j0, m0, s0);
-    _mm512_mask_storeu_ps(scores + j0 + 16, m1, s1);
-    _mm512_mask_storeu_ps(scores + j0 + 32, m2, s2);
-    _mm512_mask_storeu_ps(scores + j0 + 48, m3, s3);
+    if (a < a_dim) fma64(even, _mm512_set1_ps(q[a]), kt + a * kt_stride + j0, l);
+    store64(scores + j0, even, odd, l);
   }
   bert::avx512::softmax_f32(scores, ne, scale);
   for (std::size_t a0 = 0; a0 < a_dim; a0 += 64) {
-    const std::size_t left = a_dim - a0;
-    const __mmask16 m0 = tail_mask(left);
-    const __mmask16 m1 = left > 16 ? tail_mask(left - 16) : 0;
-    const __mmask16 m2 = left > 32 ? tail_mask(left - 32) : 0;
-    const __mmask16 m3 = left > 48 ? tail_mask(left - 48) : 0;
-    __m512 p0 = _mm512_setzero_ps();
-    __m512 p1 = _mm512_setzero_ps();
-    __m512 p2 = _mm512_setzero_ps();
-    __m512 p3 = _mm512_setzero_ps();
-    for (std::size_t j = 0; j < ne; ++j) {
-      const __m512 w = _mm512_set1_ps(scores[j]);
-      const float* row = v + j * v_stride + a0;
-      p0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m0, row), p0);
-      if (m1 != 0) p1 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m1, row + 16), p1);
-      if (m2 != 0) p2 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m2, row + 32), p2);
-      if (m3 != 0) p3 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m3, row + 48), p3);
+    const Lanes64 l = lanes64(a_dim - a0);
+    __m512 even[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                      _mm512_setzero_ps()};
+    __m512 odd[4] = {even[0], even[1], even[2], even[3]};
+    std::size_t j = 0;
+    for (; j + 1 < ne; j += 2) {
+      fma64(even, _mm512_set1_ps(scores[j]), v + j * v_stride + a0, l);
+      fma64(odd, _mm512_set1_ps(scores[j + 1]), v + (j + 1) * v_stride + a0, l);
     }
-    _mm512_mask_storeu_ps(p + a0, m0, p0);
-    _mm512_mask_storeu_ps(p + a0 + 16, m1, p1);
-    _mm512_mask_storeu_ps(p + a0 + 32, m2, p2);
-    _mm512_mask_storeu_ps(p + a0 + 48, m3, p3);
+    if (j < ne) fma64(even, _mm512_set1_ps(scores[j]), v + j * v_stride + a0, l);
+    store64(p + a0, even, odd, l);
   }
 }
 

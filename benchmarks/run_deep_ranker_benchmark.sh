@@ -145,8 +145,11 @@ if [[ $run_train == 1 ]]; then
   fi
 fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-printf '{"quick": %s, "official": %s, "load_before": "%s", "load_after": "%s", "elapsed_s": %s, "timing": "%s", "args": "%s"}\n' \
-  "$quick" "$official" "$load_before" "$load_after" "$(( $(date +%s) - started ))" "${timing[*]}" "$args" > "$run_info"
+# The scheduler's per-session share (autogroup): "nice" of processes does not
+# weigh against other sessions, the session's autogroup nice does.
+autogroup_nice=$(sed -n 's/.* nice \(-\{0,1\}[0-9]*\)$/\1/p' /proc/self/autogroup 2>/dev/null || true)
+printf '{"quick": %s, "official": %s, "load_before": "%s", "load_after": "%s", "elapsed_s": %s, "timing": "%s", "args": "%s", "autogroup_nice": "%s"}\n' \
+  "$quick" "$official" "$load_before" "$load_after" "$(( $(date +%s) - started ))" "${timing[*]}" "$args" "${autogroup_nice:-?}" > "$run_info"
 fi  # report_only
 
 step "Report"

@@ -292,6 +292,10 @@ def sh(cmd):
         return "?"
 
 
+report_rel = os.path.relpath(os.path.abspath(env["REPORT"]), ROOT)
+status_cmd = ("git status --porcelain --untracked-files=no -- . "
+              f"':(exclude){report_rel}'" if not report_rel.startswith("..")
+              else "git status --porcelain --untracked-files=no")
 cpu = sh("lscpu | sed -n 's/^Model name: *//p' | head -1")
 flags = open("/proc/cpuinfo", encoding="ascii").read()
 isa = ", ".join(f for f in ["avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
@@ -302,10 +306,13 @@ env_lines = [
     f"`benchmarks/run_deep_ranker_benchmark.sh{'' if info['official'] else ' ' + info['args']}` "
     f"({info['elapsed_s'] // 60} min {info['elapsed_s'] % 60} s), funnel at "
     f"{sh('git rev-parse --short HEAD')}"
-    f"{' (with local changes)' if sh('git status --porcelain --untracked-files=no') else ''}.",
+    # The report page itself does not count as a local change.
+    f"{' (with local changes)' if sh(status_cmd) else ''}.",
     f"CPU: {cpu}, {os.cpu_count()} logical cores ({isa}); {platform.system()} "
     f"{platform.release()}. Load average (1/5/15 min) before the runs {info['load_before']}, "
-    f"after {info['load_after']}.",
+    f"after {info['load_after']}"
+    + (f"; the run's session had autogroup nice {info['autogroup_nice']} (see How it measures)"
+       if info.get("autogroup_nice") not in (None, "", "?") else "") + ".",
     f"ONNX Runtime {versions.get('ort', '?')} (onnxruntime-node, CPU EP); PyTorch "
     f"{versions.get('torch', 'not run')} (Debian); {sh('c++ --version | head -1')}; "
     f"dnnl_sgemm 1024^3 on 1 thread, before and after the rows: {gemm_txt} GFLOP/s (the "

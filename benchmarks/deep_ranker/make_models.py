@@ -26,7 +26,7 @@ directory outside git):
       outputs are mixed by one batched MatMul;
   <name>/requests/nc<n>.safetensors
       one request: one user with a full history (history_length events) and
-      n candidates, as the arrays of a DeepRankerBatch (tensor names = its
+      n candidates drawn from a synthetic catalogue of 5,000 items, as the arrays of a DeepRankerBatch (tensor names = its
       member names: user_categorical, ..., history_vectors, ...,
       candidate_numeric; I32 indices, I64 offsets, F32), for n in
       CANDIDATES. Every runtime reads these files;
@@ -34,8 +34,9 @@ directory outside git):
 and, for the training-throughput comparison (the first model only):
 
   <name>/train/config.json, train.safetensors, validation.safetensors
-      synthetic labelled examples (the layout `funnel train
-      --export-examples` writes, through deep_ranker.py's save_examples): --train-steps x --batch-size training
+      synthetic labelled examples over the same catalogue (the layout `funnel
+      train --export-examples` writes, through deep_ranker.py's
+      save_examples): --train-steps x --batch-size training
       rows (so one epoch is exactly that many steps), a small validation set.
 
 Both exports are checked here against the PyTorch twin on every request
@@ -72,7 +73,7 @@ ATTENTION_DIM = 32  # A
 EMBEDDING_DIM = 16  # DeepFeatureConfig::embedding_dim's default
 CANDIDATES = (1, 100, 1000)
 # Bumped whenever the generated files change, so stale caches are rebuilt.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 OPSET = 14
 # A request file's tensors: DeepRankerBatch's members (the layout every runner reads).
 BATCH_KEYS = ("user_categorical", "user_numeric", "history_offsets", "history_vectors",
@@ -147,41 +148,79 @@ def unit_rows(rng, n, d):
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def make_users(cfg, rng, users, history_lengths, impressions, now):
-    """Examples (DeepRankerExamples layout) of `users` users with the given
-    history lengths and impressions per user, random features; labels: a
-    click with probability 0.2, a purchase after a click with 0.3 (joint
-    label), dwell log(1 + s) for clicks, NaN otherwise."""
-    d = cfg["item_vector_dim"]
-    n_uc = [len(f["vocab"]) for f in cfg["user_categorical"]]
+N_ITEMS = 5000  # the synthetic catalogue that history events and candidates draw from
+
+
+def make_items(cfg, rng, n_items):
+    """A synthetic catalogue: unit text vectors, category / brand / price band
+    indices (an unknown brand, index 0, now and then), log price and log
+    popularity."""
     n_ic = [len(f["vocab"]) for f in cfg["item_categorical"]]
+    cat = np.stack([rng.integers(1, n + 1, size=n_items) for n in n_ic], 1)
+    cat[rng.random(n_items) < 0.05, 1] = 0
+    return {"vectors": unit_rows(rng, n_items, cfg["item_vector_dim"]),
+            "categorical": cat.astype(np.int32),
+            "log_price": rng.normal(3.0, 1.0, size=n_items),
+            "log_popularity": rng.normal(2.0, 1.5, size=n_items)}
+
+
+def make_users(cfg, rng, items, users, history_lengths, impressions, now):
+    """Examples (DeepRankerExamples layout: vectors stored once in
+    item_vectors, events and candidates refer to rows of it) of `users` users
+    with the given history lengths and `impressions` candidates each, drawn
+    from the catalogue `items`; labels: a click with probability 0.2, a
+    purchase after a click with 0.3 (joint label), dwell log(1 + s) for
+    clicks, NaN otherwise."""
+    n_uc = [len(f["vocab"]) for f in cfg["user_categorical"]]
     hcf = cfg["history_category_feature"]
     n_rec = len(cfg["recency_bounds_s"]) + 1
-    ex = {}
+    n_items = items["vectors"].shape[0]
+    ex = {"item_vectors": items["vectors"]}
     # Indices 0..vocab: 0 (out of vocabulary) included now and then.
     ex["user_categorical"] = np.stack([rng.integers(0, n + 1, size=users) for n in n_uc],
                                       1).astype(np.int32)
+    ex["user_numeric"] = np.log1p(np.asarray(history_lengths, dtype=np.float32))[:, None]
     ex["history_offsets"] = np.concatenate([[0], np.cumsum(history_lengths)]).astype(np.int64)
     ne = int(ex["history_offsets"][-1])
-    ex["user_numeric"] = np.log1p(np.asarray(history_lengths, dtype=np.float32))[:, None]
-    ex["history_vectors"] = unit_rows(rng, ne, d)
-    ex["history_category"] = rng.integers(1, n_ic[hcf] + 1, size=ne).astype(np.int32)
+    ex["history_item"] = rng.integers(0, n_items, size=ne).astype(np.int32)
+    ex["history_category"] = items["categorical"][ex["history_item"], hcf]
     ex["history_type"] = rng.choice(4, size=ne, p=[0.5, 0.3, 0.1, 0.1]).astype(np.int32)
     ex["history_recency"] = rng.integers(0, n_rec, size=ne).astype(np.int32)
     nc = users * impressions
     ex["candidate_user"] = np.repeat(np.arange(users), impressions).astype(np.int32)
-    ex["candidate_vectors"] = unit_rows(rng, nc, d)
-    ex["candidate_categorical"] = np.stack([rng.integers(0, n + 1, size=nc) for n in n_ic],
-                                           1).astype(np.int32)
-    ex["candidate_numeric"] = np.stack([rng.normal(0.0, 0.1, size=nc),
-                                        rng.normal(3.0, 1.0, size=nc),
-                                        rng.normal(2.0, 1.5, size=nc)], 1).astype(np.float32)
+    ex["candidate_item"] = rng.integers(0, n_items, size=nc).astype(np.int32)
+    it = ex["candidate_item"]
+    ex["candidate_categorical"] = items["categorical"][it]
+    ex["candidate_numeric"] = np.stack([rng.normal(0.0, 0.1, size=nc), items["log_price"][it],
+                                        items["log_popularity"][it]], 1).astype(np.float32)
     click = rng.random(nc) < 0.2
     buy = click & (rng.random(nc) < 0.3)
     dwell = np.where(click, np.log1p(rng.exponential(30.0, size=nc)), np.nan)
     ex["labels"] = np.stack([click, buy, dwell], 1).astype(np.float32)
     ex["ts"] = np.full(nc, now, dtype=np.int64)
     return ex
+
+
+def as_batch(ex):
+    """The DeepRankerBatch arrays of examples whose candidates are in user
+    order (as make_users writes them): the item vectors copied in."""
+    batch = {k: ex[k] for k in BATCH_KEYS if k in ex}
+    batch["history_vectors"] = ex["item_vectors"][ex["history_item"]]
+    batch["candidate_vectors"] = ex["item_vectors"][ex["candidate_item"]]
+    return batch
+
+
+def save_training_examples(path, ex):
+    """Writes examples through the twin's save_examples, in the layout the
+    twin (and funnel, which changes with it) reads: vectors stored once
+    (item_vectors) or, with a twin of the earlier per-event layout, copied
+    into every event and candidate."""
+    if "item_vectors" in getattr(dr, "EXAMPLE_KEYS", ()):
+        dr.save_examples(path, ex)
+    else:
+        batch = as_batch(ex)
+        batch.update({k: ex[k] for k in ("labels", "ts")})
+        dr.save_examples(path, batch)
 
 
 class UsualNet(nn.Module):
@@ -390,9 +429,9 @@ def build(name, out_dir, seed, train_steps, batch_size):
     req_dir = os.path.join(out_dir, "requests")
     os.makedirs(req_dir, exist_ok=True)
     requests = {}
+    items = make_items(cfg, rng, N_ITEMS)
     for nc in CANDIDATES:
-        req = make_users(cfg, rng, 1, [n_hist], nc, now)
-        req = {k: req[k] for k in BATCH_KEYS}
+        req = as_batch(make_users(cfg, rng, items, 1, [n_hist], nc, now))
         dr.write_safetensors(os.path.join(req_dir, "nc%d.safetensors" % nc),
                              [(k, req[k]) for k in BATCH_KEYS])
         requests[nc] = req
@@ -430,8 +469,8 @@ def build(name, out_dir, seed, train_steps, batch_size):
         for split, users in (("train", train_steps * batch_size // impressions),
                              ("validation", 64)):
             hist = rng.integers(0, n_hist + 1, size=users)
-            ex = make_users(cfg, rng, users, hist, impressions, now)
-            dr.save_examples(os.path.join(train_dir, split + ".safetensors"), ex)
+            ex = make_users(cfg, rng, items, users, hist, impressions, now)
+            save_training_examples(os.path.join(train_dir, split + ".safetensors"), ex)
         with open(os.path.join(train_dir, "config.json"), "w", encoding="utf-8") as f:
             f.write(dr.config_to_json(cfg))
     n_params = sum(p.numel() for p in model.parameters())

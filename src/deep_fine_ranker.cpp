@@ -15,6 +15,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -43,6 +44,10 @@ constexpr std::array<std::string_view, kPriceBands> kPriceBandNames{"0", "1", "2
 // log(1 + target) above this would overflow float in expm1; no dwell lasts e^80 s.
 constexpr float kMaxLogTarget = 80.0F;
 constexpr std::size_t kNone = std::numeric_limits<std::size_t>::max();
+// Whether the Featurizer appends to training examples (items by row) or to
+// a request's batch storage (vectors copied in).
+template <class Out>
+constexpr bool kIsExamples = std::is_same_v<Out, DeepRankerExamples>;
 
 // ---------------------------------------------------------------------------
 // Feature definitions: the one place that says what each feature name means,
@@ -288,11 +293,13 @@ class Featurizer {
   // Appends one user row: profile features, `history_events` (the number of
   // catalogue events before the request, for log_history_events) and the
   // history tokens (oldest first, at most history_length) with recency
-  // relative to `now`. Returns the number of categorical values out of
-  // vocabulary.
+  // relative to `now`. `out` is training examples (items by catalogue row:
+  // their item_vectors are the catalogue's vectors) or a request's batch
+  // storage (vectors copied in). Returns the number of categorical values
+  // out of vocabulary.
+  template <class Out>
   std::size_t append_user(const UserProfile& profile, std::size_t history_events,
-                          std::span<const TimelineEvent> tokens, std::int64_t now,
-                          DeepRankerExamples& out) const {
+                          std::span<const TimelineEvent> tokens, std::int64_t now, Out& out) const {
     assert(tokens.size() <= history_length_);
     std::size_t oov = 0;
     for (std::size_t f = 0; f < user_categorical_.size(); ++f) {
@@ -307,8 +314,12 @@ class Featurizer {
       out.user_numeric.push_back(value ? static_cast<float>(*value) : user_fill_[f]);
     }
     for (const TimelineEvent& token : tokens) {
-      const std::span<const float> v = catalog_->vectors().row(token.row);
-      out.history_vectors.insert(out.history_vectors.end(), v.begin(), v.end());
+      if constexpr (kIsExamples<Out>) {
+        out.history_item.push_back(static_cast<std::int32_t>(token.row));
+      } else {
+        const std::span<const float> v = catalog_->vectors().row(token.row);
+        out.history_vectors.insert(out.history_vectors.end(), v.begin(), v.end());
+      }
       out.history_category.push_back(
           item_categorical_[token.row * item_categorical_count_ + history_feature_]);
       out.history_type.push_back(static_cast<std::int32_t>(token.type));
@@ -316,17 +327,23 @@ class Featurizer {
     }
     out.history_offsets.push_back(out.history_offsets.back() +
                                   static_cast<std::int64_t>(tokens.size()));
-    ++out.users;
+    if constexpr (kIsExamples<Out>) ++out.users;
     return oov;
   }
 
-  // Appends one candidate row of catalogue row `row` for user row `user`.
-  // Returns the number of categorical values out of vocabulary.
+  // Appends one candidate row of catalogue row `row` for user row `user`
+  // (`out` as in append_user). Returns the number of categorical values out
+  // of vocabulary.
+  template <class Out>
   std::size_t append_candidate(std::size_t row, float coarse_score, std::size_t user,
-                               DeepRankerExamples& out) const {
+                               Out& out) const {
     out.candidate_user.push_back(static_cast<std::int32_t>(user));
-    const std::span<const float> v = catalog_->vectors().row(row);
-    out.candidate_vectors.insert(out.candidate_vectors.end(), v.begin(), v.end());
+    if constexpr (kIsExamples<Out>) {
+      out.candidate_item.push_back(static_cast<std::int32_t>(row));
+    } else {
+      const std::span<const float> v = catalog_->vectors().row(row);
+      out.candidate_vectors.insert(out.candidate_vectors.end(), v.begin(), v.end());
+    }
     const auto cat =
         item_categorical_.begin() + static_cast<std::ptrdiff_t>(row * item_categorical_count_);
     out.candidate_categorical.insert(out.candidate_categorical.end(), cat,
@@ -336,7 +353,7 @@ class Featurizer {
     out.candidate_numeric.insert(out.candidate_numeric.end(), num,
                                  num + static_cast<std::ptrdiff_t>(item_numeric_count_));
     if (coarse_column_ != kNone) out.candidate_numeric[first + coarse_column_] = coarse_score;
-    ++out.candidates;
+    if constexpr (kIsExamples<Out>) ++out.candidates;
     return item_oov_[row];
   }
 
@@ -598,6 +615,14 @@ DeepRankerExamples materialize(const Featurizer& featurizer, const Catalog& cata
                                std::size_t begin, std::size_t end, std::size_t tasks) {
   DeepRankerExamples out;
   const std::size_t dim = catalog.vector_dim();
+  // Events and candidates refer to the catalogue's vectors by row.
+  detail::require(
+      catalog.size() <= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()),
+      "DeepFineRanker: the catalogue has ", catalog.size(),
+      " items, more than the examples' int32 item rows can index");
+  out.items = catalog.size();
+  const MatrixView<const float> vectors = catalog.vectors();
+  out.item_vectors.assign(vectors.data, vectors.data + vectors.size());
   std::vector<double> mean(dim, 0.0);
   bool has_history = false;
   for (std::size_t i = begin; i < end; ++i) {
@@ -756,9 +781,28 @@ class FieldReader {
 // The serving scratch of one thread: the request's batch arrays and its
 // selected history, reused so that steady-state requests allocate nothing.
 struct Workspace {
-  DeepRankerExamples batch;
+  DeepRankerBatchStorage batch;
   std::vector<TimelineEvent> tokens;
 };
+
+// The batch view of a request's storage (one user, its candidates).
+DeepRankerBatch request_batch(const DeepRankerBatchStorage& s) {
+  DeepRankerBatch b;
+  b.users = s.history_offsets.size() - 1;
+  b.user_categorical = s.user_categorical;
+  b.user_numeric = s.user_numeric;
+  b.history_offsets = s.history_offsets;
+  b.history_vectors = s.history_vectors;
+  b.history_category = s.history_category;
+  b.history_type = s.history_type;
+  b.history_recency = s.history_recency;
+  b.candidates = s.candidate_user.size();
+  b.candidate_user = s.candidate_user;
+  b.candidate_vectors = s.candidate_vectors;
+  b.candidate_categorical = s.candidate_categorical;
+  b.candidate_numeric = s.candidate_numeric;
+  return b;
+}
 
 }  // namespace
 
@@ -873,7 +917,7 @@ void DeepFineRanker::score(const UserContext& user, std::span<const Candidate> c
   const Catalog& catalog = *impl_->catalog;
   const Featurizer& featurizer = *impl_->featurizer;
   thread_local Workspace workspace;
-  DeepRankerExamples& batch = workspace.batch;
+  DeepRankerBatchStorage& batch = workspace.batch;
 
   // The history before the request, as in training: catalogue items only,
   // strictly before now_ts (an unset clock: all of it, as of its latest
@@ -897,7 +941,6 @@ void DeepFineRanker::score(const UserContext& user, std::span<const Candidate> c
   }
   std::reverse(tokens.begin(), tokens.end());
 
-  batch.users = 0;
   batch.user_categorical.clear();
   batch.user_numeric.clear();
   batch.history_offsets.assign(1, 0);
@@ -905,7 +948,6 @@ void DeepFineRanker::score(const UserContext& user, std::span<const Candidate> c
   batch.history_category.clear();
   batch.history_type.clear();
   batch.history_recency.clear();
-  batch.candidates = 0;
   batch.candidate_user.clear();
   batch.candidate_vectors.clear();
   batch.candidate_categorical.clear();
@@ -921,7 +963,7 @@ void DeepFineRanker::score(const UserContext& user, std::span<const Candidate> c
     oov += featurizer.append_candidate(row, candidate.coarse_score, 0, batch);
   }
   if (!candidates.empty()) {
-    impl_->model->forward(batch.batch(), scores);
+    impl_->model->forward(request_batch(batch), scores);
     for (std::size_t i = 0; i < candidates.size(); ++i) {
       for (const std::size_t t : impl_->regression_columns) {
         // The network predicts log(1 + target); report the target (>= 0).

@@ -18,6 +18,7 @@
 
 #include "funnel/error.hpp"
 #include "funnel/safetensors.hpp"
+#include "internal/deep_ranker_examples.hpp"
 #include "internal/deep_ranker_kernels.hpp"
 #include "internal/error_util.hpp"
 
@@ -604,139 +605,391 @@ DeepRankerParameters deep_ranker_parameter_shapes(const DeepRankerConfig& config
 }
 
 // ---------------------------------------------------------------------------
-// DeepRankerBatch
+// DeepRankerBatch and DeepRankerExamples validation
 
 namespace {
 
+// Messages name the array as "<owner>.<name>", owner being DeepRankerBatch
+// or DeepRankerExamples. No message string is built unless a check fails.
 template <class T>
-void check_size(std::span<const T> values, std::size_t expected, std::string_view name,
-                std::string_view meaning) {
-  require(values.size() == expected, "DeepRankerBatch.", name, " has ", values.size(),
-          " values, expected ", expected, " (", meaning, ")");
+void check_size(std::string_view owner, std::span<const T> values, std::size_t expected,
+                std::string_view name, std::string_view meaning) {
+  if (values.size() != expected) {
+    detail::fail(ErrorCode::invalid_argument, owner, ".", name, " has ", values.size(),
+                 " values, expected ", expected, " (", meaning, ")");
+  }
 }
 
-void check_finite(std::span<const float> values, std::size_t cols, std::string_view name) {
+void check_finite(std::string_view owner, std::span<const float> values, std::size_t cols,
+                  std::string_view name) {
   // Every request checks its vectors: the vector check first, the search
   // for the offending value only when it fails.
   static const detail::deep::KernelIsa isa = detail::bert::detect_isa();
   if (detail::deep::all_finite(isa, values.data(), values.size())) return;
   for (std::size_t i = 0; i < values.size(); ++i) {
     if (!std::isfinite(values[i])) {
-      detail::fail(ErrorCode::invalid_argument, "DeepRankerBatch.", name, "[row ", i / cols,
-                   ", column ", i % cols, "] = ", values[i], " is not finite");
+      detail::fail(ErrorCode::invalid_argument, owner, ".", name, "[row ", i / cols, ", column ",
+                   i % cols, "] = ", values[i], " is not finite");
     }
   }
 }
 
-void check_indices(std::span<const std::int32_t> values,
+void check_indices(std::string_view owner, std::span<const std::int32_t> values,
                    const std::vector<DeepCategoricalFeature>& features, std::string_view name) {
   const std::size_t k = features.size();
   for (std::size_t i = 0; i < values.size(); ++i) {
     const DeepCategoricalFeature& f = features[i % k];
     const std::int32_t v = values[i];
     if (v < 0 || static_cast<std::size_t>(v) > f.vocab.size()) {
-      detail::fail(ErrorCode::invalid_argument, "DeepRankerBatch.", name, "[row ", i / k,
-                   ", feature '", f.name, "'] = ", v, " is outside [0, ", f.vocab.size(), "]");
+      detail::fail(ErrorCode::invalid_argument, owner, ".", name, "[row ", i / k, ", feature '",
+                   f.name, "'] = ", v, " is outside [0, ", f.vocab.size(), "]");
     }
   }
 }
 
 // `meaning` and `feature` explain the range in the message (a feature name,
-// when set, is quoted after `meaning`); no string is built unless it fails.
-void check_range(std::span<const std::int32_t> values, std::size_t max, std::string_view name,
-                 std::string_view meaning, std::string_view feature = {}) {
+// when set, is quoted after `meaning`).
+void check_range(std::string_view owner, std::span<const std::int32_t> values, std::size_t max,
+                 std::string_view name, std::string_view meaning, std::string_view feature = {}) {
   for (std::size_t i = 0; i < values.size(); ++i) {
     const std::int32_t v = values[i];
     if (v < 0 || static_cast<std::size_t>(v) > max) {
-      detail::fail(ErrorCode::invalid_argument, "DeepRankerBatch.", name, "[", i, "] = ", v,
+      detail::fail(ErrorCode::invalid_argument, owner, ".", name, "[", i, "] = ", v,
                    " is outside [0, ", max, "] (", meaning,
                    feature.empty() ? "" : detail::cat(" '", feature, "'"), ")");
     }
   }
 }
 
+// Row indices into a table of `count` rows: [0, count).
+void check_rows(std::string_view owner, std::span<const std::int32_t> values, std::size_t count,
+                std::string_view name, std::string_view table) {
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    const std::int32_t v = values[i];
+    if (v < 0 || static_cast<std::size_t>(v) >= count) {
+      detail::fail(ErrorCode::invalid_argument, owner, ".", name, "[", i, "] = ", v,
+                   " is outside [0, ", count, ") (", table, " has ", count, " rows)");
+    }
+  }
+}
+
+// The arrays a DeepRankerBatch and DeepRankerExamples share: everything but
+// the item vectors (per event and candidate in a batch; a table the
+// examples' events and candidates index).
+struct IndexedArrays {
+  std::string_view owner;
+  std::size_t users = 0;
+  std::span<const std::int32_t> user_categorical;
+  std::span<const float> user_numeric;
+  std::span<const std::int64_t> history_offsets;
+  std::span<const std::int32_t> history_category;
+  std::span<const std::int32_t> history_type;
+  std::span<const std::int32_t> history_recency;
+  std::size_t candidates = 0;
+  std::span<const std::int32_t> candidate_user;
+  std::span<const std::int32_t> candidate_categorical;
+  std::span<const float> candidate_numeric;
+};
+
+// Sizes of the shared arrays, checking the arrays whose length bounds
+// `users` and `candidates` before multiplying by them.
+void check_sizes(const IndexedArrays& a, const DeepRankerConfig& config) {
+  if (a.history_offsets.size() != a.users + 1 || a.users >= a.history_offsets.size()) {
+    detail::fail(ErrorCode::invalid_argument, a.owner, ".history_offsets has ",
+                 a.history_offsets.size(), " values, expected users + 1 = ", a.users, " + 1");
+  }
+  check_size(a.owner, a.candidate_user, a.candidates, "candidate_user", "one per candidate");
+  check_size(a.owner, a.user_categorical, a.users * config.user_categorical.size(),
+             "user_categorical", "users x user_categorical features");
+  check_size(a.owner, a.user_numeric, a.users * config.user_numeric.size(), "user_numeric",
+             "users x user_numeric features");
+  const std::size_t events = a.history_category.size();
+  check_size(a.owner, a.history_type, events, "history_type",
+             "one per history event, as history_category");
+  check_size(a.owner, a.history_recency, events, "history_recency",
+             "one per history event, as history_category");
+  check_size(a.owner, a.candidate_categorical, a.candidates * config.item_categorical.size(),
+             "candidate_categorical", "candidates x item_categorical features");
+  check_size(a.owner, a.candidate_numeric, a.candidates * config.item_numeric.size(),
+             "candidate_numeric", "candidates x item_numeric features");
+}
+
+// Offsets, index ranges and finite numerics of the shared arrays (sizes checked).
+void check_values(const IndexedArrays& a, const DeepRankerConfig& config) {
+  const std::size_t events = a.history_category.size();
+  if (a.history_offsets[0] != 0) {
+    detail::fail(ErrorCode::invalid_argument, a.owner, ".history_offsets[0] is ",
+                 a.history_offsets[0], ", expected 0");
+  }
+  for (std::size_t u = 0; u < a.users; ++u) {
+    const std::int64_t begin = a.history_offsets[u];
+    const std::int64_t end = a.history_offsets[u + 1];
+    if (end < begin) {
+      detail::fail(ErrorCode::invalid_argument, a.owner, ".history_offsets[", u + 1, "] = ", end,
+                   " is less than history_offsets[", u, "] = ", begin,
+                   " (offsets must not decrease)");
+    }
+    if (static_cast<std::uint64_t>(end - begin) > config.history_length) {
+      detail::fail(ErrorCode::invalid_argument, a.owner, ".history_offsets: user row ", u, " has ",
+                   end - begin, " history events, more than history_length ",
+                   config.history_length);
+    }
+  }
+  if (static_cast<std::uint64_t>(a.history_offsets[a.users]) != events) {
+    detail::fail(ErrorCode::invalid_argument, a.owner, ".history_offsets[", a.users, "] is ",
+                 a.history_offsets[a.users], ", expected the history event count ", events,
+                 " (the length of history_category)");
+  }
+
+  check_indices(a.owner, a.user_categorical, config.user_categorical, "user_categorical");
+  check_indices(a.owner, a.candidate_categorical, config.item_categorical, "candidate_categorical");
+  const DeepCategoricalFeature& history_feature =
+      config.item_categorical[config.history_category_feature];
+  check_range(a.owner, a.history_category, history_feature.vocab.size(), "history_category",
+              "index into the table of item feature", history_feature.name);
+  check_range(a.owner, a.history_type, kEventTypes - 1, "history_type", "EventType value");
+  check_range(a.owner, a.history_recency, config.recency_bounds_s.size(), "history_recency",
+              "recency bucket");
+  for (std::size_t i = 0; i < a.candidates; ++i) {
+    const std::int32_t u = a.candidate_user[i];
+    if (u < 0 || static_cast<std::size_t>(u) >= a.users) {
+      detail::fail(ErrorCode::invalid_argument, a.owner, ".candidate_user[", i, "] = ", u,
+                   " is outside [0, ", a.users, ") (there are ", a.users, " users)");
+    }
+  }
+  check_finite(a.owner, a.user_numeric, std::max<std::size_t>(1, config.user_numeric.size()),
+               "user_numeric");
+  check_finite(a.owner, a.candidate_numeric, std::max<std::size_t>(1, config.item_numeric.size()),
+               "candidate_numeric");
+}
+
 }  // namespace
 
 void DeepRankerBatch::validate(const DeepRankerConfig& config) const {
+  constexpr std::string_view kOwner = "DeepRankerBatch";
+  const IndexedArrays shared{kOwner,
+                             users,
+                             user_categorical,
+                             user_numeric,
+                             history_offsets,
+                             history_category,
+                             history_type,
+                             history_recency,
+                             candidates,
+                             candidate_user,
+                             candidate_categorical,
+                             candidate_numeric};
   const std::size_t d = config.item_vector_dim;
-  // Sizes first, checking the arrays whose length bounds `users` and
-  // `candidates` before multiplying by them.
-  require(history_offsets.size() == users + 1 && users < history_offsets.size(),
-          "DeepRankerBatch.history_offsets has ", history_offsets.size(),
-          " values, expected users + 1 = ", users, " + 1");
-  check_size(candidate_user, candidates, "candidate_user", "one per candidate");
-  check_size(user_categorical, users * config.user_categorical.size(), "user_categorical",
-             "users x user_categorical features");
-  check_size(user_numeric, users * config.user_numeric.size(), "user_numeric",
-             "users x user_numeric features");
-  const std::size_t events = history_category.size();
-  check_size(history_type, events, "history_type", "one per history event, as history_category");
-  check_size(history_recency, events, "history_recency",
-             "one per history event, as history_category");
-  check_size(history_vectors, events * d, "history_vectors", "history events x item_vector_dim");
-  check_size(candidate_vectors, candidates * d, "candidate_vectors",
+  check_sizes(shared, config);
+  check_size(kOwner, history_vectors, history_category.size() * d, "history_vectors",
+             "history events x item_vector_dim");
+  check_size(kOwner, candidate_vectors, candidates * d, "candidate_vectors",
              "candidates x item_vector_dim");
-  check_size(candidate_categorical, candidates * config.item_categorical.size(),
-             "candidate_categorical", "candidates x item_categorical features");
-  check_size(candidate_numeric, candidates * config.item_numeric.size(), "candidate_numeric",
-             "candidates x item_numeric features");
-
-  require(history_offsets[0] == 0, "DeepRankerBatch.history_offsets[0] is ", history_offsets[0],
-          ", expected 0");
-  for (std::size_t u = 0; u < users; ++u) {
-    const std::int64_t begin = history_offsets[u];
-    const std::int64_t end = history_offsets[u + 1];
-    require(end >= begin, "DeepRankerBatch.history_offsets[", u + 1, "] = ", end,
-            " is less than history_offsets[", u, "] = ", begin, " (offsets must not decrease)");
-    require(static_cast<std::uint64_t>(end - begin) <= config.history_length,
-            "DeepRankerBatch.history_offsets: user row ", u, " has ", end - begin,
-            " history events, more than history_length ", config.history_length);
-  }
-  require(static_cast<std::uint64_t>(history_offsets[users]) == events,
-          "DeepRankerBatch.history_offsets[", users, "] is ", history_offsets[users],
-          ", expected the history event count ", events, " (the length of history_category)");
-
-  check_indices(user_categorical, config.user_categorical, "user_categorical");
-  check_indices(candidate_categorical, config.item_categorical, "candidate_categorical");
-  const DeepCategoricalFeature& history_feature =
-      config.item_categorical[config.history_category_feature];
-  check_range(history_category, history_feature.vocab.size(), "history_category",
-              "index into the table of item feature", history_feature.name);
-  check_range(history_type, kEventTypes - 1, "history_type", "EventType value");
-  check_range(history_recency, config.recency_bounds_s.size(), "history_recency", "recency bucket");
-  for (std::size_t i = 0; i < candidates; ++i) {
-    const std::int32_t u = candidate_user[i];
-    if (u < 0 || static_cast<std::size_t>(u) >= users) {
-      detail::fail(ErrorCode::invalid_argument, "DeepRankerBatch.candidate_user[", i, "] = ", u,
-                   " is outside [0, ", users, ") (the batch has ", users, " users)");
-    }
-  }
-  check_finite(user_numeric, std::max<std::size_t>(1, config.user_numeric.size()), "user_numeric");
-  check_finite(history_vectors, d, "history_vectors");
-  check_finite(candidate_vectors, d, "candidate_vectors");
-  check_finite(candidate_numeric, std::max<std::size_t>(1, config.item_numeric.size()),
-               "candidate_numeric");
+  check_values(shared, config);
+  check_finite(kOwner, history_vectors, d, "history_vectors");
+  check_finite(kOwner, candidate_vectors, d, "candidate_vectors");
 }
+
+namespace detail {
+
+void validate_deep_examples(const DeepRankerConfig& config, const DeepRankerExamples& ex) {
+  constexpr std::string_view kOwner = "DeepRankerExamples";
+  const IndexedArrays shared{kOwner,
+                             ex.users,
+                             ex.user_categorical,
+                             ex.user_numeric,
+                             ex.history_offsets,
+                             ex.history_category,
+                             ex.history_type,
+                             ex.history_recency,
+                             ex.candidates,
+                             ex.candidate_user,
+                             ex.candidate_categorical,
+                             ex.candidate_numeric};
+  const std::size_t d = config.item_vector_dim;
+  check_sizes(shared, config);
+  // items x D cannot overflow for a vector that fits in memory unless
+  // `items` is absurd: bound it by the array before multiplying.
+  if (ex.items > ex.item_vectors.size() || ex.item_vectors.size() != ex.items * d) {
+    detail::fail(ErrorCode::invalid_argument, kOwner, ".item_vectors has ", ex.item_vectors.size(),
+                 " values, expected items x item_vector_dim = ", ex.items, " x ", d);
+  }
+  check_size(kOwner, std::span<const std::int32_t>(ex.history_item), ex.history_category.size(),
+             "history_item", "one per history event, as history_category");
+  check_size(kOwner, std::span<const std::int32_t>(ex.candidate_item), ex.candidates,
+             "candidate_item", "one per candidate");
+  check_values(shared, config);
+  check_rows(kOwner, ex.history_item, ex.items, "history_item", "item_vectors");
+  check_rows(kOwner, ex.candidate_item, ex.items, "candidate_item", "item_vectors");
+  check_finite(kOwner, ex.item_vectors, d, "item_vectors");
+}
+
+}  // namespace detail
 
 // ---------------------------------------------------------------------------
 // DeepRankerExamples
 
-DeepRankerBatch DeepRankerExamples::batch() const {
+namespace {
+
+// Columns of a rows x ? matrix stored in `size` values (0 when rows is 0).
+// `where` names the caller in messages.
+std::size_t columns_of(std::size_t size, std::size_t rows, std::string_view name,
+                       std::string_view rows_name, std::string_view where) {
+  if (rows == 0) {
+    require(size == 0, where, ": ", name, " has ", size, " values but ", rows_name, " is 0");
+    return 0;
+  }
+  require(size % rows == 0, where, ": ", name, " has ", size, " values, not a multiple of ",
+          rows_name, " = ", rows);
+  return size / rows;
+}
+
+// Rows [row * width, (row + 1) * width) of `from`, appended to `to`.
+template <class T>
+void append_row(const std::vector<T>& from, std::size_t row, std::size_t width,
+                std::vector<T>& to) {
+  const auto first = from.begin() + static_cast<std::ptrdiff_t>(row * width);
+  to.insert(to.end(), first, first + static_cast<std::ptrdiff_t>(width));
+}
+
+// gather() for `count` rows, row i being row_at(i): one body for a span of
+// rows and for all rows (which needs no index array).
+template <class RowAt>
+DeepRankerBatch gather_rows(const DeepRankerExamples& ex, std::size_t count, RowAt row_at,
+                            DeepRankerBatchStorage& s) {
+  constexpr std::string_view kWhere = "DeepRankerExamples::gather";
+  // Without a config, the widths come from the arrays; they must be
+  // consistent, or the copies below would read out of bounds.
+  require(ex.history_offsets.size() == ex.users + 1, kWhere, ": history_offsets has ",
+          ex.history_offsets.size(), " values, expected users + 1 = ", ex.users + 1);
+  require(ex.candidate_user.size() == ex.candidates && ex.candidate_item.size() == ex.candidates,
+          kWhere, ": candidate_user and candidate_item have ", ex.candidate_user.size(), " and ",
+          ex.candidate_item.size(), " values, expected candidates = ", ex.candidates);
+  const std::size_t events = ex.history_item.size();
+  require(ex.history_category.size() == events && ex.history_type.size() == events &&
+              ex.history_recency.size() == events,
+          kWhere, ": history_item, history_category, history_type and history_recency have ",
+          events, ", ", ex.history_category.size(), ", ", ex.history_type.size(), " and ",
+          ex.history_recency.size(), " values (one per history event each)");
+  const std::size_t d =
+      columns_of(ex.item_vectors.size(), ex.items, "item_vectors", "items", kWhere);
+  const std::size_t nuc =
+      columns_of(ex.user_categorical.size(), ex.users, "user_categorical", "users", kWhere);
+  const std::size_t nun =
+      columns_of(ex.user_numeric.size(), ex.users, "user_numeric", "users", kWhere);
+  const std::size_t nic = columns_of(ex.candidate_categorical.size(), ex.candidates,
+                                     "candidate_categorical", "candidates", kWhere);
+  const std::size_t nin = columns_of(ex.candidate_numeric.size(), ex.candidates,
+                                     "candidate_numeric", "candidates", kWhere);
+  // Every index the user numbering reads is checked before user_map is
+  // written: user_map must be all -1 again when this returns or throws.
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::size_t r = row_at(i);
+    if (r >= ex.candidates) {
+      detail::fail(ErrorCode::invalid_argument, kWhere, ": rows[", i, "] = ", r, " is outside [0, ",
+                   ex.candidates, ") (the examples have ", ex.candidates, " candidates)");
+    }
+    const std::int32_t u = ex.candidate_user[r];
+    if (u < 0 || static_cast<std::size_t>(u) >= ex.users) {
+      detail::fail(ErrorCode::invalid_argument, kWhere, ": candidate_user[", r, "] = ", u,
+                   " is outside [0, ", ex.users, ") (the examples have ", ex.users, " users)");
+    }
+    const std::int32_t item = ex.candidate_item[r];
+    if (item < 0 || static_cast<std::size_t>(item) >= ex.items) {
+      detail::fail(ErrorCode::invalid_argument, kWhere, ": candidate_item[", r, "] = ", item,
+                   " is outside [0, ", ex.items, ") (item_vectors has ", ex.items, " rows)");
+    }
+  }
+
+  // Users in order of first use.
+  if (s.user_map.size() != ex.users) s.user_map.assign(ex.users, -1);
+  s.candidate_user.resize(count);
+  std::int32_t nu = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    std::int32_t& local = s.user_map[static_cast<std::size_t>(ex.candidate_user[row_at(i)])];
+    if (local < 0) local = nu++;
+    s.candidate_user[i] = local;
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    s.user_map[static_cast<std::size_t>(ex.candidate_user[row_at(i)])] = -1;
+  }
+
+  const auto users = static_cast<std::size_t>(nu);
+  s.user_categorical.clear();
+  s.user_numeric.clear();
+  s.history_offsets.assign(1, 0);
+  s.history_vectors.clear();
+  s.history_category.clear();
+  s.history_type.clear();
+  s.history_recency.clear();
+  std::int32_t next = 0;  // the batch user whose first candidate comes next
+  for (std::size_t i = 0; i < count && next < nu; ++i) {
+    if (s.candidate_user[i] != next) continue;
+    ++next;
+    const std::size_t r = row_at(i);
+    const auto gu = static_cast<std::size_t>(ex.candidate_user[r]);
+    append_row(ex.user_categorical, gu, nuc, s.user_categorical);
+    append_row(ex.user_numeric, gu, nun, s.user_numeric);
+    const std::int64_t begin = ex.history_offsets[gu];
+    const std::int64_t end = ex.history_offsets[gu + 1];
+    if (begin < 0 || end < begin || static_cast<std::uint64_t>(end) > events) {
+      detail::fail(ErrorCode::invalid_argument, kWhere, ": history_offsets[", gu, "] = ", begin,
+                   " and history_offsets[", gu + 1, "] = ", end, " are not a range within [0, ",
+                   events, "] (the history events)");
+    }
+    for (auto e = static_cast<std::size_t>(begin); e < static_cast<std::size_t>(end); ++e) {
+      const std::int32_t item = ex.history_item[e];
+      if (item < 0 || static_cast<std::size_t>(item) >= ex.items) {
+        detail::fail(ErrorCode::invalid_argument, kWhere, ": history_item[", e, "] = ", item,
+                     " is outside [0, ", ex.items, ") (item_vectors has ", ex.items, " rows)");
+      }
+      append_row(ex.item_vectors, static_cast<std::size_t>(item), d, s.history_vectors);
+      s.history_category.push_back(ex.history_category[e]);
+      s.history_type.push_back(ex.history_type[e]);
+      s.history_recency.push_back(ex.history_recency[e]);
+    }
+    s.history_offsets.push_back(static_cast<std::int64_t>(s.history_category.size()));
+  }
+
+  s.candidate_vectors.clear();
+  s.candidate_categorical.clear();
+  s.candidate_numeric.clear();
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::size_t r = row_at(i);
+    append_row(ex.item_vectors, static_cast<std::size_t>(ex.candidate_item[r]), d,
+               s.candidate_vectors);
+    append_row(ex.candidate_categorical, r, nic, s.candidate_categorical);
+    append_row(ex.candidate_numeric, r, nin, s.candidate_numeric);
+  }
+
   DeepRankerBatch b;
   b.users = users;
-  b.user_categorical = user_categorical;
-  b.user_numeric = user_numeric;
-  b.history_offsets = history_offsets;
-  b.history_vectors = history_vectors;
-  b.history_category = history_category;
-  b.history_type = history_type;
-  b.history_recency = history_recency;
-  b.candidates = candidates;
-  b.candidate_user = candidate_user;
-  b.candidate_vectors = candidate_vectors;
-  b.candidate_categorical = candidate_categorical;
-  b.candidate_numeric = candidate_numeric;
+  b.user_categorical = s.user_categorical;
+  b.user_numeric = s.user_numeric;
+  b.history_offsets = s.history_offsets;
+  b.history_vectors = s.history_vectors;
+  b.history_category = s.history_category;
+  b.history_type = s.history_type;
+  b.history_recency = s.history_recency;
+  b.candidates = count;
+  b.candidate_user = s.candidate_user;
+  b.candidate_vectors = s.candidate_vectors;
+  b.candidate_categorical = s.candidate_categorical;
+  b.candidate_numeric = s.candidate_numeric;
   return b;
+}
+
+}  // namespace
+
+DeepRankerBatch DeepRankerExamples::gather(std::span<const std::size_t> rows,
+                                           DeepRankerBatchStorage& storage) const {
+  return gather_rows(
+      *this, rows.size(), [rows](std::size_t i) { return rows[i]; }, storage);
+}
+
+DeepRankerBatch DeepRankerExamples::gather_all(DeepRankerBatchStorage& storage) const {
+  return gather_rows(
+      *this, candidates, [](std::size_t i) { return i; }, storage);
 }
 
 namespace {
@@ -751,33 +1004,21 @@ struct ExampleTensor {
   bool matrix;
 };
 constexpr ExampleTensor kExampleTensors[] = {
+    {"item_vectors", TensorDType::f32, true},
     {"user_categorical", TensorDType::i32, true},
     {"user_numeric", TensorDType::f32, true},
     {"history_offsets", TensorDType::i64, false},
-    {"history_vectors", TensorDType::f32, true},
+    {"history_item", TensorDType::i32, false},
     {"history_category", TensorDType::i32, false},
     {"history_type", TensorDType::i32, false},
     {"history_recency", TensorDType::i32, false},
     {"candidate_user", TensorDType::i32, false},
-    {"candidate_vectors", TensorDType::f32, true},
+    {"candidate_item", TensorDType::i32, false},
     {"candidate_categorical", TensorDType::i32, true},
     {"candidate_numeric", TensorDType::f32, true},
     {"labels", TensorDType::f32, true},
     {"ts", TensorDType::i64, false},
 };
-
-// Columns of a rows x ? matrix stored in `size` values (0 when rows is 0).
-std::size_t columns_of(std::size_t size, std::size_t rows, std::string_view name,
-                       std::string_view rows_name) {
-  if (rows == 0) {
-    require(size == 0, "DeepRankerExamples::save: ", name, " has ", size, " values but ", rows_name,
-            " is 0");
-    return 0;
-  }
-  require(size % rows == 0, "DeepRankerExamples::save: ", name, " has ", size,
-          " values, not a multiple of ", rows_name, " = ", rows);
-  return size / rows;
-}
 
 template <class T>
 std::span<const std::byte> bytes_of(const std::vector<T>& v) {
@@ -796,38 +1037,41 @@ std::vector<T> copy_tensor(const SafetensorsFile& file, const TensorInfo& t) {
 }  // namespace
 
 void DeepRankerExamples::save(const std::filesystem::path& path) const {
-  require(history_offsets.size() == users + 1, "DeepRankerExamples::save: history_offsets has ",
+  constexpr std::string_view kWhere = "DeepRankerExamples::save";
+  require(history_offsets.size() == users + 1, kWhere, ": history_offsets has ",
           history_offsets.size(), " values, expected users + 1 = ", users + 1);
-  require(candidate_user.size() == candidates, "DeepRankerExamples::save: candidate_user has ",
-          candidate_user.size(), " values, expected candidates = ", candidates);
-  require(ts.size() == candidates, "DeepRankerExamples::save: ts has ", ts.size(),
+  require(candidate_user.size() == candidates && candidate_item.size() == candidates, kWhere,
+          ": candidate_user and candidate_item have ", candidate_user.size(), " and ",
+          candidate_item.size(), " values, expected candidates = ", candidates);
+  require(ts.size() == candidates, kWhere, ": ts has ", ts.size(),
           " values, expected candidates = ", candidates);
   const std::size_t events = history_category.size();
-  require(history_type.size() == events && history_recency.size() == events,
-          "DeepRankerExamples::save: history_category, history_type and history_recency have ",
-          events, ", ", history_type.size(), " and ", history_recency.size(),
-          " values (one per history event each)");
-  const std::size_t uc = columns_of(user_categorical.size(), users, "user_categorical", "users");
-  const std::size_t un = columns_of(user_numeric.size(), users, "user_numeric", "users");
-  const std::size_t hv = columns_of(history_vectors.size(), events, "history_vectors", "events");
-  const std::size_t cv =
-      columns_of(candidate_vectors.size(), candidates, "candidate_vectors", "candidates");
-  const std::size_t cc =
-      columns_of(candidate_categorical.size(), candidates, "candidate_categorical", "candidates");
+  require(history_item.size() == events && history_type.size() == events &&
+              history_recency.size() == events,
+          kWhere, ": history_category, history_item, history_type and history_recency have ",
+          events, ", ", history_item.size(), ", ", history_type.size(), " and ",
+          history_recency.size(), " values (one per history event each)");
+  const std::size_t d = columns_of(item_vectors.size(), items, "item_vectors", "items", kWhere);
+  const std::size_t uc =
+      columns_of(user_categorical.size(), users, "user_categorical", "users", kWhere);
+  const std::size_t un = columns_of(user_numeric.size(), users, "user_numeric", "users", kWhere);
+  const std::size_t cc = columns_of(candidate_categorical.size(), candidates,
+                                    "candidate_categorical", "candidates", kWhere);
   const std::size_t cn =
-      columns_of(candidate_numeric.size(), candidates, "candidate_numeric", "candidates");
-  const std::size_t tl = columns_of(labels.size(), candidates, "labels", "candidates");
+      columns_of(candidate_numeric.size(), candidates, "candidate_numeric", "candidates", kWhere);
+  const std::size_t tl = columns_of(labels.size(), candidates, "labels", "candidates", kWhere);
 
   const std::vector<TensorToWrite> tensors = {
+      {"item_vectors", TensorDType::f32, {items, d}, bytes_of(item_vectors)},
       {"user_categorical", TensorDType::i32, {users, uc}, bytes_of(user_categorical)},
       {"user_numeric", TensorDType::f32, {users, un}, bytes_of(user_numeric)},
       {"history_offsets", TensorDType::i64, {users + 1}, bytes_of(history_offsets)},
-      {"history_vectors", TensorDType::f32, {events, hv}, bytes_of(history_vectors)},
+      {"history_item", TensorDType::i32, {events}, bytes_of(history_item)},
       {"history_category", TensorDType::i32, {events}, bytes_of(history_category)},
       {"history_type", TensorDType::i32, {events}, bytes_of(history_type)},
       {"history_recency", TensorDType::i32, {events}, bytes_of(history_recency)},
       {"candidate_user", TensorDType::i32, {candidates}, bytes_of(candidate_user)},
-      {"candidate_vectors", TensorDType::f32, {candidates, cv}, bytes_of(candidate_vectors)},
+      {"candidate_item", TensorDType::i32, {candidates}, bytes_of(candidate_item)},
       {"candidate_categorical",
        TensorDType::i32,
        {candidates, cc},
@@ -847,6 +1091,12 @@ DeepRankerExamples DeepRankerExamples::load(const std::filesystem::path& path,
   for (const TensorInfo& t : file.tensors()) {
     const bool known = std::any_of(std::begin(kExampleTensors), std::end(kExampleTensors),
                                    [&](const ExampleTensor& e) { return t.name == e.name; });
+    if (t.name == "history_vectors" || t.name == "candidate_vectors") {
+      detail::fail(ErrorCode::format, where, ": tensor '", t.name,
+                   "' is of the older per-example layout (vectors are now stored once, in "
+                   "item_vectors, and referred to by history_item / candidate_item); export "
+                   "the examples again");
+    }
     if (!known) {
       detail::fail(ErrorCode::format, where, ": unexpected tensor '", t.name,
                    "' (not a DeepRankerExamples array)");
@@ -868,6 +1118,7 @@ DeepRankerExamples DeepRankerExamples::load(const std::filesystem::path& path,
     detail::fail(ErrorCode::format, where,
                  ": tensor 'history_offsets' is empty, expected users + 1 values");
   }
+  const std::size_t items = file.at("item_vectors").shape[0];
   const std::size_t users = offsets.shape[0] - 1;
   const std::size_t candidates = file.at("candidate_user").shape[0];
   const std::size_t events = file.at("history_category").shape[0];
@@ -876,15 +1127,16 @@ DeepRankerExamples DeepRankerExamples::load(const std::filesystem::path& path,
   // Expected rows and columns (columns are not checked for a 0-row matrix,
   // whose width a writer without the config cannot know).
   const std::map<std::string, std::pair<std::size_t, std::size_t>, std::less<>> expected = {
+      {"item_vectors", {items, d}},
       {"user_categorical", {users, config.user_categorical.size()}},
       {"user_numeric", {users, config.user_numeric.size()}},
       {"history_offsets", {users + 1, 0}},
-      {"history_vectors", {events, d}},
+      {"history_item", {events, 0}},
       {"history_category", {events, 0}},
       {"history_type", {events, 0}},
       {"history_recency", {events, 0}},
       {"candidate_user", {candidates, 0}},
-      {"candidate_vectors", {candidates, d}},
+      {"candidate_item", {candidates, 0}},
       {"candidate_categorical", {candidates, config.item_categorical.size()}},
       {"candidate_numeric", {candidates, config.item_numeric.size()}},
       {"labels", {candidates, t_count}},
@@ -898,29 +1150,32 @@ DeepRankerExamples DeepRankerExamples::load(const std::filesystem::path& path,
       const std::vector<std::size_t> want =
           e.matrix ? std::vector<std::size_t>{rows, cols} : std::vector<std::size_t>{rows};
       detail::fail(ErrorCode::format, where, ": tensor '", e.name, "' has shape ",
-                   shape_string(t.shape), ", expected ", shape_string(want), " (", users,
-                   " users from history_offsets, ", candidates, " candidates from candidate_user, ",
-                   events, " events from history_category, and the config)");
+                   shape_string(t.shape), ", expected ", shape_string(want), " (", items,
+                   " items from item_vectors, ", users, " users from history_offsets, ", candidates,
+                   " candidates from candidate_user, ", events,
+                   " events from history_category, and the config)");
     }
   }
 
   DeepRankerExamples ex;
+  ex.items = items;
   ex.users = users;
   ex.candidates = candidates;
+  // Zero-row matrices may have any width in the file; they load empty.
+  ex.item_vectors = copy_tensor<float>(file, file.at("item_vectors"));
   ex.user_categorical = copy_tensor<std::int32_t>(file, file.at("user_categorical"));
   ex.user_numeric = copy_tensor<float>(file, file.at("user_numeric"));
   ex.history_offsets = copy_tensor<std::int64_t>(file, file.at("history_offsets"));
-  ex.history_vectors = copy_tensor<float>(file, file.at("history_vectors"));
+  ex.history_item = copy_tensor<std::int32_t>(file, file.at("history_item"));
   ex.history_category = copy_tensor<std::int32_t>(file, file.at("history_category"));
   ex.history_type = copy_tensor<std::int32_t>(file, file.at("history_type"));
   ex.history_recency = copy_tensor<std::int32_t>(file, file.at("history_recency"));
   ex.candidate_user = copy_tensor<std::int32_t>(file, file.at("candidate_user"));
-  ex.candidate_vectors = copy_tensor<float>(file, file.at("candidate_vectors"));
+  ex.candidate_item = copy_tensor<std::int32_t>(file, file.at("candidate_item"));
   ex.candidate_categorical = copy_tensor<std::int32_t>(file, file.at("candidate_categorical"));
   ex.candidate_numeric = copy_tensor<float>(file, file.at("candidate_numeric"));
   ex.labels = copy_tensor<float>(file, file.at("labels"));
   ex.ts = copy_tensor<std::int64_t>(file, file.at("ts"));
-  // Zero-row matrices may have any width in the file; keep them empty.
   for (std::size_t i = 0; i < ex.labels.size(); ++i) {
     if (std::isinf(ex.labels[i])) {
       detail::fail(ErrorCode::format, where, ": tensor 'labels' [row ", i / t_count, ", task '",
@@ -929,7 +1184,7 @@ DeepRankerExamples DeepRankerExamples::load(const std::filesystem::path& path,
     }
   }
   try {
-    ex.batch().validate(config);
+    detail::validate_deep_examples(config, ex);
   } catch (const Error& e) {
     detail::fail(ErrorCode::format, where, ": ", e.what());
   }

@@ -25,6 +25,10 @@ constexpr std::size_t kMaxThreads = 256;
 // Validation rows scored per pass: big enough for efficient matmuls, small
 // enough to bound the activations' memory.
 constexpr std::size_t kEvalRows = 2048;
+// Rows evaluate_deep_ranker gathers into one batch: the gathered item
+// vectors (rows x history_length x D floats at most) stay bounded whatever
+// the size of the examples.
+constexpr std::size_t kServeEvalRows = 4096;
 
 std::uint64_t mix64(std::uint64_t z) {
   z = (z ^ (z >> 30U)) * 0xBF58476D1CE4E5B9ULL;
@@ -185,8 +189,14 @@ std::vector<DeepTaskMetrics> evaluate_deep_ranker(const DeepRankerModel& model,
   detail::check_deep_examples(config, examples, "examples");
   const std::size_t tasks = config.tasks.size();
   std::vector<float> outputs(examples.candidates * tasks);
-  if (examples.candidates > 0) {
-    model.forward(examples.batch(), MatrixView<float>(outputs.data(), examples.candidates, tasks));
+  DeepRankerBatchStorage storage;
+  std::vector<std::size_t> rows;
+  for (std::size_t begin = 0; begin < examples.candidates; begin += kServeEvalRows) {
+    const std::size_t end = std::min(examples.candidates, begin + kServeEvalRows);
+    rows.resize(end - begin);
+    std::iota(rows.begin(), rows.end(), begin);
+    model.forward(examples.gather(rows, storage),
+                  MatrixView<float>(outputs.data() + begin * tasks, rows.size(), tasks));
   }
   return detail::deep_task_metrics(config, outputs, examples.labels);
 }

@@ -185,12 +185,26 @@ std::size_t column(const Features& features, const std::string& name) {
 
 std::span<const float> vector_of(ItemId id) { return test_catalog()->vector(id); }
 
+// Row `row` of the examples' item table.
+std::span<const float> item_vector(const DeepRankerExamples& ex, std::int32_t row) {
+  REQUIRE(row >= 0);
+  REQUIRE(static_cast<std::size_t>(row) < ex.items);
+  return std::span<const float>(ex.item_vectors)
+      .subspan(static_cast<std::size_t>(row) * kDim, kDim);
+}
+
+// The vector a candidate row carries.
+std::span<const float> candidate_vector(const DeepRankerExamples& ex, std::size_t i) {
+  return item_vector(ex, ex.candidate_item[i]);
+}
+
 // The candidate row of the example at `ts` for item `id`.
 std::size_t find_example(const DeepRankerExamples& ex, std::int64_t ts, ItemId id) {
   const std::span<const float> v = vector_of(id);
   for (std::size_t i = 0; i < ex.candidates; ++i) {
     if (ex.ts[i] != ts) continue;
-    if (std::equal(v.begin(), v.end(), ex.candidate_vectors.begin() + i * kDim)) return i;
+    const std::span<const float> c = candidate_vector(ex, i);
+    if (std::equal(v.begin(), v.end(), c.begin())) return i;
   }
   FAIL("no example at ts " << ts << " for item " << id);
   return 0;
@@ -200,7 +214,8 @@ std::size_t find_example(const DeepRankerExamples& ex, std::int64_t ts, ItemId i
 ItemId candidate_item(const DeepRankerExamples& ex, std::size_t i) {
   for (const funnel::Item& item : test_catalog()->items()) {
     const std::span<const float> v = vector_of(item.id);
-    if (std::equal(v.begin(), v.end(), ex.candidate_vectors.begin() + i * kDim)) return item.id;
+    const std::span<const float> c = candidate_vector(ex, i);
+    if (std::equal(v.begin(), v.end(), c.begin())) return item.id;
   }
   FAIL("candidate " << i << " has no catalogue vector");
   return funnel::kNoItem;
@@ -225,10 +240,12 @@ std::pair<std::vector<std::int32_t>, std::vector<float>> inputs_of(const DeepRan
               ex.candidate_categorical.begin() + (i + 1) * nic);
   std::vector<float> floats(ex.user_numeric.begin() + u * nun,
                             ex.user_numeric.begin() + (u + 1) * nun);
-  floats.insert(floats.end(), ex.history_vectors.begin() + h0 * kDim,
-                ex.history_vectors.begin() + h1 * kDim);
-  floats.insert(floats.end(), ex.candidate_vectors.begin() + i * kDim,
-                ex.candidate_vectors.begin() + (i + 1) * kDim);
+  for (std::size_t h = h0; h < h1; ++h) {
+    const std::span<const float> v = item_vector(ex, ex.history_item[h]);
+    floats.insert(floats.end(), v.begin(), v.end());
+  }
+  const std::span<const float> v = candidate_vector(ex, i);
+  floats.insert(floats.end(), v.begin(), v.end());
   floats.insert(floats.end(), ex.candidate_numeric.begin() + i * nin,
                 ex.candidate_numeric.begin() + (i + 1) * nin);
   return {ints, floats};
@@ -350,6 +367,21 @@ TEST_CASE("DeepFineRanker labels views by what follows within the window", "[dee
   // Five views of catalogue items; the view of unknown item 999 is skipped.
   REQUIRE(ex.candidates == 5);
   REQUIRE(ex.labels.size() == 15);
+  // The item vectors are stored once: the catalogue's, row = catalogue row,
+  // which candidates (and history events) refer to.
+  const funnel::Catalog& catalog = *test_catalog();
+  REQUIRE(ex.items == catalog.size());
+  REQUIRE(ex.item_vectors.size() == catalog.size() * kDim);
+  for (std::size_t r = 0; r < catalog.size(); ++r) {
+    const std::span<const float> v = catalog.vectors().row(r);
+    CHECK(std::equal(v.begin(), v.end(), item_vector(ex, static_cast<std::int32_t>(r)).begin()));
+  }
+  for (const ItemId id : {100, 111, 122, 133, 104}) {
+    INFO("item " << id);
+    const std::size_t row = catalog.index_of(id);
+    CHECK(std::count(ex.candidate_item.begin(), ex.candidate_item.end(),
+                     static_cast<std::int32_t>(row)) == 1);
+  }
   const auto labels = [&](std::int64_t ts, ItemId id) {
     const std::size_t i = find_example(ex, ts, id);
     return std::vector<float>(ex.labels.begin() + i * 3, ex.labels.begin() + i * 3 + 3);
@@ -412,7 +444,7 @@ TEST_CASE("DeepFineRanker labels views by what follows within the window", "[dee
   const DeepRankerExamples kept = ranker.build_examples(log, users, keep, nullptr);
   const DeepRankerExamples kept2 = ranker.build_examples(log, users, keep, nullptr);
   CHECK(kept.ts == kept2.ts);
-  CHECK(kept.candidate_vectors == kept2.candidate_vectors);
+  CHECK(kept.candidate_item == kept2.candidate_item);
   std::size_t positives = 0;
   for (std::size_t i = 0; i < kept.candidates; ++i) positives += kept.labels[i * 3] == 1.0F;
   CHECK(positives == 4);
@@ -590,7 +622,10 @@ TEST_CASE("DeepFineRanker features match hand computations", "[deep_fine]") {
       std::vector<double> mean(kDim, 0.0);
       for (std::size_t j = 0; j < count; ++j) {
         const std::span<const float> v = vector_of(want.tokens[j]);
-        CHECK(std::equal(v.begin(), v.end(), ex.history_vectors.begin() + (first + j) * kDim));
+        const std::span<const float> token = item_vector(ex, ex.history_item[first + j]);
+        CHECK(std::equal(v.begin(), v.end(), token.begin()));
+        CHECK(ex.history_item[first + j] ==
+              static_cast<std::int32_t>(test_catalog()->index_of(want.tokens[j])));
         CHECK(ex.history_type[first + j] == want.types[j]);
         CHECK(ex.history_recency[first + j] == want.recency[j]);
         const funnel::Item& item = test_catalog()->at(want.tokens[j]);
@@ -654,12 +689,12 @@ TEST_CASE("DeepFineRanker samples negatives for a purchases-only log", "[deep_fi
 
   // Seeded: the same seed draws the same negatives, another seed others.
   const DeepRankerExamples again = ranker.build_examples(log, {}, config, nullptr);
-  CHECK(again.candidate_vectors == ex.candidate_vectors);
+  CHECK(again.candidate_item == ex.candidate_item);
   CHECK(again.labels.size() == ex.labels.size());
   config.seed += 1;
   const DeepRankerExamples other = ranker.build_examples(log, {}, config, nullptr);
   REQUIRE(other.candidates == ex.candidates);
-  CHECK(other.candidate_vectors != ex.candidate_vectors);
+  CHECK(other.candidate_item != ex.candidate_item);
 }
 
 TEST_CASE("DeepFineRanker serves what it trained on", "[deep_fine]") {
@@ -721,7 +756,9 @@ TEST_CASE("DeepFineRanker serves what it trained on", "[deep_fine]") {
   SECTION("score() equals the network on build_examples()'s rows") {
     const DeepRankerExamples ex = ranker.build_examples(log, hand_users(), all_examples(), nullptr);
     std::vector<float> outputs(ex.candidates * tasks);
-    ranker.model().forward(ex.batch(), MatrixView<float>(outputs.data(), ex.candidates, tasks));
+    funnel::DeepRankerBatchStorage storage;
+    ranker.model().forward(ex.gather_all(storage),
+                           MatrixView<float>(outputs.data(), ex.candidates, tasks));
     const funnel::DeepRankerConfig& config = ranker.model().config();
     const std::size_t nin = config.item_numeric.size();
     const std::size_t coarse_col = column(config.item_numeric, "coarse_score");
@@ -832,7 +869,9 @@ TEST_CASE("DeepFineRanker learns category affinity", "[deep_fine]") {
   const DeepRankerExamples ex = ranker->build_examples(all, users, all_examples(), nullptr);
   const std::size_t tasks = ranker->objectives().size();
   std::vector<float> outputs(ex.candidates * tasks);
-  ranker->model().forward(ex.batch(), MatrixView<float>(outputs.data(), ex.candidates, tasks));
+  funnel::DeepRankerBatchStorage storage;
+  ranker->model().forward(ex.gather_all(storage),
+                          MatrixView<float>(outputs.data(), ex.candidates, tasks));
   const std::int64_t cut = kTrainStart + 6 * kDay;
   std::vector<float> scores;
   std::vector<int> labels;

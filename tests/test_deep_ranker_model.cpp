@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// DeepRankerConfig, parameter shapes, DeepRankerBatch validation, the
-// DeepRankerExamples file, and DeepRankerModel (files, forward against an
+// DeepRankerConfig, parameter shapes, DeepRankerBatch validation,
+// DeepRankerExamples (gather, the file), and DeepRankerModel (files, forward against an
 // independent double-precision reference, bf16, concurrency).
 #include <algorithm>
 #include <cmath>
@@ -22,6 +22,7 @@
 #include "test_util.hpp"
 
 using funnel::DeepRankerBatch;
+using funnel::DeepRankerBatchStorage;
 using funnel::DeepRankerConfig;
 using funnel::DeepRankerExamples;
 using funnel::DeepRankerModel;
@@ -76,10 +77,69 @@ std::string validate_error(const DeepRankerConfig& c) {
   return error_of([&] { c.validate(); }, ErrorCode::invalid_argument);
 }
 
+// An owning DeepRankerBatch: the model tests build batches directly.
+struct OwnedBatch {
+  std::size_t users = 0;
+  std::vector<std::int32_t> user_categorical;
+  std::vector<float> user_numeric;
+  std::vector<std::int64_t> history_offsets{0};
+  std::vector<float> history_vectors;
+  std::vector<std::int32_t> history_category;
+  std::vector<std::int32_t> history_type;
+  std::vector<std::int32_t> history_recency;
+  std::size_t candidates = 0;
+  std::vector<std::int32_t> candidate_user;
+  std::vector<float> candidate_vectors;
+  std::vector<std::int32_t> candidate_categorical;
+  std::vector<float> candidate_numeric;
+
+  [[nodiscard]] DeepRankerBatch batch() const {
+    DeepRankerBatch b;
+    b.users = users;
+    b.user_categorical = user_categorical;
+    b.user_numeric = user_numeric;
+    b.history_offsets = history_offsets;
+    b.history_vectors = history_vectors;
+    b.history_category = history_category;
+    b.history_type = history_type;
+    b.history_recency = history_recency;
+    b.candidates = candidates;
+    b.candidate_user = candidate_user;
+    b.candidate_vectors = candidate_vectors;
+    b.candidate_categorical = candidate_categorical;
+    b.candidate_numeric = candidate_numeric;
+    return b;
+  }
+};
+
+template <class T>
+std::vector<T> to_vector(std::span<const T> v) {
+  return {v.begin(), v.end()};
+}
+
+// A copy of a batch's arrays.
+OwnedBatch own(const DeepRankerBatch& b) {
+  OwnedBatch o;
+  o.users = b.users;
+  o.user_categorical = to_vector(b.user_categorical);
+  o.user_numeric = to_vector(b.user_numeric);
+  o.history_offsets = to_vector(b.history_offsets);
+  o.history_vectors = to_vector(b.history_vectors);
+  o.history_category = to_vector(b.history_category);
+  o.history_type = to_vector(b.history_type);
+  o.history_recency = to_vector(b.history_recency);
+  o.candidates = b.candidates;
+  o.candidate_user = to_vector(b.candidate_user);
+  o.candidate_vectors = to_vector(b.candidate_vectors);
+  o.candidate_categorical = to_vector(b.candidate_categorical);
+  o.candidate_numeric = to_vector(b.candidate_numeric);
+  return o;
+}
+
 // A valid batch for small_config(): 3 users (the second has no history),
 // 5 candidates, 5 history events.
-DeepRankerExamples small_examples() {
-  DeepRankerExamples ex;
+OwnedBatch small_batch() {
+  OwnedBatch ex;
   ex.users = 3;
   ex.user_categorical = {1, 0, 2};
   ex.user_numeric = {25.0F, 40.0F, 31.5F};
@@ -96,10 +156,78 @@ DeepRankerExamples small_examples() {
   }
   ex.candidate_categorical = {1, 1, 0, 0, 3, 1, 2, 0, 3, 1};
   ex.candidate_numeric = {12.0F, 3.0F, 0.0F, 99.0F, 10.0F};
+  return ex;
+}
+
+// Valid examples for small_config(): 3 users (the second has no history),
+// 5 history events and 5 candidates over a table of 4 items (items repeat;
+// item 2 is in a history only).
+DeepRankerExamples small_examples() {
+  DeepRankerExamples ex;
+  ex.items = 4;
+  for (int i = 0; i < 4 * 4; ++i) {
+    ex.item_vectors.push_back(0.1F * static_cast<float>(i % 7) - 0.3F +
+                              0.01F * static_cast<float>(i));
+  }
+  ex.users = 3;
+  ex.user_categorical = {1, 0, 2};
+  ex.user_numeric = {25.0F, 40.0F, 31.5F};
+  ex.history_offsets = {0, 3, 3, 5};
+  ex.history_item = {0, 3, 0, 2, 1};
+  ex.history_category = {1, 3, 0, 2, 2};
+  ex.history_type = {0, 1, 3, 2, 0};
+  ex.history_recency = {0, 2, 1, 0, 2};
+  ex.candidates = 5;
+  ex.candidate_user = {0, 0, 1, 2, 2};
+  ex.candidate_item = {1, 3, 3, 0, 1};
+  ex.candidate_categorical = {1, 1, 0, 0, 3, 1, 2, 0, 3, 1};
+  ex.candidate_numeric = {12.0F, 3.0F, 0.0F, 99.0F, 10.0F};
   const float nan = std::numeric_limits<float>::quiet_NaN();
   ex.labels = {1, 0, 0.7F, 0, nan, nan, 1, 1, 1.2F, 0, 0, nan, 1, 0, 0.3F};
   ex.ts = {100, 200, 300, 400, 500};
   return ex;
+}
+
+// Row `row` of the examples' item table.
+std::vector<float> item_row(const DeepRankerExamples& ex, std::int32_t row, std::size_t d) {
+  const auto first =
+      ex.item_vectors.begin() + static_cast<std::ptrdiff_t>(row) * static_cast<std::ptrdiff_t>(d);
+  return {first, first + static_cast<std::ptrdiff_t>(d)};
+}
+
+// The candidates `rows` of `ex` expanded with plain loops, keeping the
+// examples' own user numbering (every user, used or not): an independent
+// reading of what gather() materialises, up to the order of the users.
+OwnedBatch expand(const DeepRankerExamples& ex, const std::vector<std::size_t>& rows,
+                  const DeepRankerConfig& c) {
+  const std::size_t d = c.item_vector_dim;
+  const std::size_t nic = c.item_categorical.size();
+  const std::size_t nin = c.item_numeric.size();
+  OwnedBatch b;
+  b.users = ex.users;
+  b.user_categorical = ex.user_categorical;
+  b.user_numeric = ex.user_numeric;
+  b.history_offsets = ex.history_offsets;
+  for (const std::int32_t item : ex.history_item) {
+    const auto v = item_row(ex, item, d);
+    b.history_vectors.insert(b.history_vectors.end(), v.begin(), v.end());
+  }
+  b.history_category = ex.history_category;
+  b.history_type = ex.history_type;
+  b.history_recency = ex.history_recency;
+  b.candidates = rows.size();
+  for (const std::size_t r : rows) {
+    b.candidate_user.push_back(ex.candidate_user[r]);
+    const auto v = item_row(ex, ex.candidate_item[r], d);
+    b.candidate_vectors.insert(b.candidate_vectors.end(), v.begin(), v.end());
+    for (std::size_t k = 0; k < nic; ++k) {
+      b.candidate_categorical.push_back(ex.candidate_categorical[r * nic + k]);
+    }
+    for (std::size_t k = 0; k < nin; ++k) {
+      b.candidate_numeric.push_back(ex.candidate_numeric[r * nin + k]);
+    }
+  }
+  return b;
 }
 
 std::string batch_error(const DeepRankerBatch& b, const DeepRankerConfig& c) {
@@ -362,71 +490,205 @@ TEST_CASE("deep_ranker_parameter_shapes: canonical names and shapes of a small c
 TEST_CASE("DeepRankerBatch::validate: errors name the array, row and value", "[deep_ranker]") {
   using Catch::Matchers::Contains;
   const DeepRankerConfig c = small_config();
-  const DeepRankerExamples good = small_examples();
+  const OwnedBatch good = small_batch();
   REQUIRE_NOTHROW(good.batch().validate(c));
   auto with = [&](auto change) {
-    DeepRankerExamples ex = good;
+    OwnedBatch ex = good;
     change(ex);
     return batch_error(ex.batch(), c);
   };
-  CHECK_THAT(with([](DeepRankerExamples& e) { e.user_categorical[2] = 3; }),
+  CHECK_THAT(with([](OwnedBatch& e) { e.user_categorical[2] = 3; }),
              Contains("user_categorical[row 2, feature 'gender'] = 3"));
-  CHECK_THAT(with([](DeepRankerExamples& e) { e.candidate_categorical[3] = 2; }),
+  CHECK_THAT(with([](OwnedBatch& e) { e.candidate_categorical[3] = 2; }),
              Contains("candidate_categorical[row 1, feature 'brand'] = 2"));
-  CHECK_THAT(with([](DeepRankerExamples& e) { e.candidate_categorical[0] = -1; }),
+  CHECK_THAT(with([](OwnedBatch& e) { e.candidate_categorical[0] = -1; }),
              Contains("candidate_categorical[row 0, feature 'category'] = -1"));
-  CHECK_THAT(with([](DeepRankerExamples& e) { e.history_category[4] = 4; }),
+  CHECK_THAT(with([](OwnedBatch& e) { e.history_category[4] = 4; }),
              Contains("history_category[4] = 4"));
-  CHECK_THAT(with([](DeepRankerExamples& e) { e.history_type[1] = 4; }),
-             Contains("history_type[1] = 4"));
-  CHECK_THAT(with([](DeepRankerExamples& e) { e.history_recency[0] = 3; }),
+  CHECK_THAT(with([](OwnedBatch& e) { e.history_type[1] = 4; }), Contains("history_type[1] = 4"));
+  CHECK_THAT(with([](OwnedBatch& e) { e.history_recency[0] = 3; }),
              Contains("history_recency[0] = 3"));
-  CHECK_THAT(with([](DeepRankerExamples& e) {
+  CHECK_THAT(with([](OwnedBatch& e) {
                e.history_offsets = {0, 3, 2, 5};
              }),
              Contains("history_offsets[2] = 2"));
-  CHECK_THAT(with([](DeepRankerExamples& e) {
+  CHECK_THAT(with([](OwnedBatch& e) {
                e.history_offsets = {1, 3, 3, 5};
              }),
              Contains("history_offsets[0]"));
-  CHECK_THAT(with([](DeepRankerExamples& e) {
+  CHECK_THAT(with([](OwnedBatch& e) {
                e.history_offsets = {0, 3, 3, 4};
              }),
              Contains("history_offsets[3]"));
-  CHECK_THAT(with([](DeepRankerExamples& e) { e.history_offsets.pop_back(); }),
+  CHECK_THAT(with([](OwnedBatch& e) { e.history_offsets.pop_back(); }),
              Contains("history_offsets"));
-  CHECK_THAT(with([](DeepRankerExamples& e) {
+  CHECK_THAT(with([](OwnedBatch& e) {
                e.history_offsets = {0, 5, 5, 5};  // 5 events for user 0, history_length 4
              }),
              Contains("user row 0") && Contains("history_length 4"));
-  CHECK_THAT(with([](DeepRankerExamples& e) {
-               e.candidate_vectors[6] = std::numeric_limits<float>::quiet_NaN();
-             }),
-             Contains("candidate_vectors[row 1, column 2]"));
-  CHECK_THAT(with([](DeepRankerExamples& e) {
-               e.history_vectors[19] = std::numeric_limits<float>::infinity();
-             }),
-             Contains("history_vectors[row 4, column 3]"));
-  CHECK_THAT(with([](DeepRankerExamples& e) {
-               e.user_numeric[1] = std::numeric_limits<float>::quiet_NaN();
-             }),
-             Contains("user_numeric[row 1"));
-  CHECK_THAT(with([](DeepRankerExamples& e) {
-               e.candidate_numeric[4] = std::numeric_limits<float>::infinity();
-             }),
-             Contains("candidate_numeric[row 4"));
-  CHECK_THAT(with([](DeepRankerExamples& e) { e.candidate_user[3] = 3; }),
+  CHECK_THAT(
+      with([](OwnedBatch& e) { e.candidate_vectors[6] = std::numeric_limits<float>::quiet_NaN(); }),
+      Contains("candidate_vectors[row 1, column 2]"));
+  CHECK_THAT(
+      with([](OwnedBatch& e) { e.history_vectors[19] = std::numeric_limits<float>::infinity(); }),
+      Contains("history_vectors[row 4, column 3]"));
+  CHECK_THAT(
+      with([](OwnedBatch& e) { e.user_numeric[1] = std::numeric_limits<float>::quiet_NaN(); }),
+      Contains("user_numeric[row 1"));
+  CHECK_THAT(
+      with([](OwnedBatch& e) { e.candidate_numeric[4] = std::numeric_limits<float>::infinity(); }),
+      Contains("candidate_numeric[row 4"));
+  CHECK_THAT(with([](OwnedBatch& e) { e.candidate_user[3] = 3; }),
              Contains("candidate_user[3] = 3"));
-  CHECK_THAT(with([](DeepRankerExamples& e) { e.candidate_user[3] = -1; }),
+  CHECK_THAT(with([](OwnedBatch& e) { e.candidate_user[3] = -1; }),
              Contains("candidate_user[3] = -1"));
-  CHECK_THAT(with([](DeepRankerExamples& e) { e.candidate_vectors.pop_back(); }),
+  CHECK_THAT(with([](OwnedBatch& e) { e.candidate_vectors.pop_back(); }),
              Contains("candidate_vectors"));
-  CHECK_THAT(with([](DeepRankerExamples& e) { e.history_type.pop_back(); }),
-             Contains("history_type"));
-  CHECK_THAT(with([](DeepRankerExamples& e) { e.candidates = 6; }), Contains("candidate_user"));
+  CHECK_THAT(with([](OwnedBatch& e) { e.history_type.pop_back(); }), Contains("history_type"));
+  CHECK_THAT(with([](OwnedBatch& e) { e.candidates = 6; }), Contains("candidate_user"));
   // An empty batch is valid.
-  DeepRankerExamples empty;
+  OwnedBatch empty;
   CHECK_NOTHROW(empty.batch().validate(c));
+}
+
+TEST_CASE("DeepRankerExamples::gather: users once each in order of first use", "[deep_ranker]") {
+  const DeepRankerConfig c = small_config();
+  const DeepRankerExamples ex = small_examples();
+  DeepRankerBatchStorage storage;
+  // Candidates 4 and 3 belong to user 2, 0 and 1 to user 0: user 2 is
+  // used first, so it becomes batch user 0; user 1 is not used at all.
+  const std::vector<std::size_t> rows = {4, 0, 3, 1};
+  const DeepRankerBatch b = ex.gather(rows, storage);
+  REQUIRE_NOTHROW(b.validate(c));
+  CHECK(b.users == 2);
+  CHECK(b.candidates == 4);
+  CHECK(to_vector(b.candidate_user) == std::vector<std::int32_t>{0, 1, 0, 1});
+  CHECK(to_vector(b.user_categorical) == std::vector<std::int32_t>{2, 1});
+  CHECK(to_vector(b.user_numeric) == std::vector<float>{31.5F, 25.0F});
+  CHECK(to_vector(b.history_offsets) == std::vector<std::int64_t>{0, 2, 5});
+  CHECK(to_vector(b.history_category) == std::vector<std::int32_t>{2, 2, 1, 3, 0});
+  CHECK(to_vector(b.history_type) == std::vector<std::int32_t>{2, 0, 0, 1, 3});
+  CHECK(to_vector(b.history_recency) == std::vector<std::int32_t>{0, 2, 0, 2, 1});
+  CHECK(to_vector(b.candidate_categorical) == std::vector<std::int32_t>{3, 1, 1, 1, 2, 0, 0, 0});
+  CHECK(to_vector(b.candidate_numeric) == std::vector<float>{10.0F, 12.0F, 99.0F, 3.0F});
+  // Vectors: user 2's events are items 2 and 1, user 0's items 0, 3, 0;
+  // the candidates are items 1, 1, 0 and 3.
+  std::vector<float> want_history;
+  for (const std::int32_t item : {2, 1, 0, 3, 0}) {
+    const auto v = item_row(ex, item, c.item_vector_dim);
+    want_history.insert(want_history.end(), v.begin(), v.end());
+  }
+  CHECK(to_vector(b.history_vectors) == want_history);
+  std::vector<float> want_candidates;
+  for (const std::int32_t item : {1, 1, 0, 3}) {
+    const auto v = item_row(ex, item, c.item_vector_dim);
+    want_candidates.insert(want_candidates.end(), v.begin(), v.end());
+  }
+  CHECK(to_vector(b.candidate_vectors) == want_candidates);
+
+  // Repeated rows: one user, its candidate three times.
+  const std::vector<std::size_t> same = {2, 2, 2};
+  const DeepRankerBatch r = ex.gather(same, storage);
+  REQUIRE_NOTHROW(r.validate(c));
+  CHECK(r.users == 1);
+  CHECK(to_vector(r.candidate_user) == std::vector<std::int32_t>{0, 0, 0});
+  CHECK(to_vector(r.history_offsets) == std::vector<std::int64_t>{0, 0});  // user 1: no history
+  CHECK(to_vector(r.user_categorical) == std::vector<std::int32_t>{0});
+  std::vector<float> thrice;
+  for (int k = 0; k < 3; ++k) {
+    const auto v = item_row(ex, 3, c.item_vector_dim);
+    thrice.insert(thrice.end(), v.begin(), v.end());
+  }
+  CHECK(to_vector(r.candidate_vectors) == thrice);
+
+  // No rows: an empty, valid batch.
+  const DeepRankerBatch none = ex.gather({}, storage);
+  CHECK(none.users == 0);
+  CHECK(none.candidates == 0);
+  CHECK_NOTHROW(none.validate(c));
+
+  // gather_all is gather over 0..candidates-1; here every user is used in
+  // order, so the batch is the examples with their vectors expanded.
+  const std::vector<std::size_t> all = {0, 1, 2, 3, 4};
+  DeepRankerBatchStorage other;
+  const OwnedBatch by_rows = own(ex.gather(all, other));
+  const OwnedBatch whole = own(ex.gather_all(storage));
+  const OwnedBatch expanded = expand(ex, all, c);
+  for (const OwnedBatch* g : {&by_rows, &whole}) {
+    CHECK(g->users == expanded.users);
+    CHECK(g->user_categorical == expanded.user_categorical);
+    CHECK(g->user_numeric == expanded.user_numeric);
+    CHECK(g->history_offsets == expanded.history_offsets);
+    CHECK(g->history_vectors == expanded.history_vectors);
+    CHECK(g->history_category == expanded.history_category);
+    CHECK(g->history_type == expanded.history_type);
+    CHECK(g->history_recency == expanded.history_recency);
+    CHECK(g->candidate_user == expanded.candidate_user);
+    CHECK(g->candidate_vectors == expanded.candidate_vectors);
+    CHECK(g->candidate_categorical == expanded.candidate_categorical);
+    CHECK(g->candidate_numeric == expanded.candidate_numeric);
+  }
+}
+
+TEST_CASE("DeepRankerExamples::gather: out-of-range rows and items are errors", "[deep_ranker]") {
+  using Catch::Matchers::Contains;
+  const DeepRankerExamples good = small_examples();
+  DeepRankerBatchStorage storage;
+  const std::vector<std::size_t> all = {0, 1, 2, 3, 4};
+  const OwnedBatch want = own(good.gather(all, storage));
+  auto gather_error = [&](const DeepRankerExamples& ex, std::vector<std::size_t> rows) {
+    std::string message =
+        error_of([&] { (void)ex.gather(rows, storage); }, ErrorCode::invalid_argument);
+    // The storage stays usable: the next gather is as from a fresh one.
+    const OwnedBatch again = own(good.gather(all, storage));
+    CHECK(again.candidate_user == want.candidate_user);
+    CHECK(again.history_vectors == want.history_vectors);
+    CHECK(again.user_categorical == want.user_categorical);
+    return message;
+  };
+  CHECK_THAT(gather_error(good, {0, 5}), Contains("rows[1] = 5") && Contains("5 candidates"));
+  DeepRankerExamples ex = good;
+  ex.candidate_item[2] = 4;
+  CHECK_THAT(gather_error(ex, {0, 2}), Contains("candidate_item[2] = 4") && Contains("[0, 4)"));
+  CHECK_NOTHROW(ex.gather(std::vector<std::size_t>{0, 1}, storage));  // row 2 not gathered
+  ex = good;
+  ex.candidate_item[0] = -1;
+  CHECK_THAT(gather_error(ex, {1, 0}), Contains("candidate_item[0] = -1"));
+  ex = good;
+  ex.history_item[4] = 7;  // user 2's second event
+  CHECK_THAT(gather_error(ex, {0, 3}), Contains("history_item[4] = 7"));
+  ex = good;
+  ex.candidate_user[1] = 3;
+  CHECK_THAT(gather_error(ex, {0, 1}), Contains("candidate_user[1] = 3"));
+  ex = good;
+  ex.history_offsets = {0, 3, 6, 5};
+  CHECK_THAT(gather_error(ex, {2}), Contains("history_offsets[1]"));
+  ex = good;
+  ex.item_vectors.pop_back();
+  CHECK_THAT(gather_error(ex, {0}), Contains("item_vectors"));
+  ex = good;
+  ex.history_type.pop_back();
+  CHECK_THAT(gather_error(ex, {0}), Contains("history_type"));
+}
+
+TEST_CASE("DeepRankerExamples::gather: a warm storage is reused without reallocating",
+          "[deep_ranker]") {
+  const DeepRankerConfig c = small_config();
+  const DeepRankerExamples ex = small_examples();
+  DeepRankerBatchStorage storage;
+  (void)ex.gather_all(storage);
+  const float* history = storage.history_vectors.data();
+  const float* candidates = storage.candidate_vectors.data();
+  // A smaller batch afterwards holds only its own rows (nothing stale) ...
+  const std::vector<std::size_t> one = {3};
+  const DeepRankerBatch small = ex.gather(one, storage);
+  CHECK(small.users == 1);
+  CHECK(small.history_vectors.size() == 2 * c.item_vector_dim);
+  CHECK(to_vector(small.history_category) == std::vector<std::int32_t>{2, 2});
+  // ... and the buffers stay where they were.
+  (void)ex.gather_all(storage);
+  CHECK(storage.history_vectors.data() == history);
+  CHECK(storage.candidate_vectors.data() == candidates);
 }
 
 TEST_CASE("DeepRankerExamples: save/load round trip and damaged files", "[deep_ranker]") {
@@ -437,17 +699,19 @@ TEST_CASE("DeepRankerExamples: save/load round trip and damaged files", "[deep_r
   const auto path = dir / "examples.safetensors";
   ex.save(path);
   const DeepRankerExamples back = DeepRankerExamples::load(path, c);
+  CHECK(back.items == 4);
   CHECK(back.users == 3);
   CHECK(back.candidates == 5);
+  CHECK(back.item_vectors == ex.item_vectors);
   CHECK(back.user_categorical == ex.user_categorical);
   CHECK(back.user_numeric == ex.user_numeric);
   CHECK(back.history_offsets == ex.history_offsets);
-  CHECK(back.history_vectors == ex.history_vectors);
+  CHECK(back.history_item == ex.history_item);
   CHECK(back.history_category == ex.history_category);
   CHECK(back.history_type == ex.history_type);
   CHECK(back.history_recency == ex.history_recency);
   CHECK(back.candidate_user == ex.candidate_user);
-  CHECK(back.candidate_vectors == ex.candidate_vectors);
+  CHECK(back.candidate_item == ex.candidate_item);
   CHECK(back.candidate_categorical == ex.candidate_categorical);
   CHECK(back.candidate_numeric == ex.candidate_numeric);
   CHECK(back.ts == ex.ts);
@@ -458,11 +722,19 @@ TEST_CASE("DeepRankerExamples: save/load round trip and damaged files", "[deep_r
   {
     // Tensor names are the member names; dtypes I32 / I64 / F32.
     const auto file = funnel::SafetensorsFile::open(path);
+    CHECK(file.tensors().size() == 14);
+    CHECK(file.at("item_vectors").dtype == TensorDType::f32);
+    CHECK(file.at("item_vectors").shape == std::vector<std::size_t>{4, 4});
+    CHECK(file.at("history_item").dtype == TensorDType::i32);
+    CHECK(file.at("history_item").shape == std::vector<std::size_t>{5});
+    CHECK(file.at("candidate_item").dtype == TensorDType::i32);
+    CHECK(file.at("candidate_item").shape == std::vector<std::size_t>{5});
     CHECK(file.at("history_offsets").dtype == TensorDType::i64);
     CHECK(file.at("history_offsets").shape == std::vector<std::size_t>{4});
     CHECK(file.at("candidate_categorical").dtype == TensorDType::i32);
     CHECK(file.at("candidate_categorical").shape == std::vector<std::size_t>{5, 2});
     CHECK(file.at("labels").shape == std::vector<std::size_t>{5, 3});
+    CHECK(file.metadata().at("format") == "funnel.deep_ranker.examples");
   }
 
   // Zero-width matrices: a config without user features.
@@ -480,6 +752,16 @@ TEST_CASE("DeepRankerExamples: save/load round trip and damaged files", "[deep_r
     CHECK(DeepRankerExamples::load(p2, bare).users == 3);
     CHECK_THAT(error_of([&] { (void)DeepRankerExamples::load(p2, c); }, ErrorCode::format),
                Contains("user_categorical") && Contains("[3, 0]"));
+  }
+  // Empty examples round-trip.
+  {
+    const auto p3 = dir / "empty.safetensors";
+    DeepRankerExamples{}.save(p3);
+    const DeepRankerExamples empty = DeepRankerExamples::load(p3, c);
+    CHECK(empty.items == 0);
+    CHECK(empty.users == 0);
+    CHECK(empty.candidates == 0);
+    CHECK(empty.history_offsets == std::vector<std::int64_t>{0});
   }
 
   // Damaged files: rewrite one tensor of the saved file.
@@ -505,12 +787,20 @@ TEST_CASE("DeepRankerExamples: save/load round trip and damaged files", "[deep_r
     return std::vector<std::byte>(b.begin(), b.end());
   };
   CHECK_THAT(rewrite("ts", TensorDType::i64, {}, {}, true), Contains("ts"));
+  CHECK_THAT(rewrite("candidate_item", TensorDType::i32, {}, {}, true), Contains("candidate_item"));
   CHECK_THAT(rewrite("extra", TensorDType::f32, {1}, raw(std::vector<float>{1.0F})),
              Contains("extra"));
+  // A file of the older layout (vectors per event and candidate).
+  CHECK_THAT(rewrite("history_vectors", TensorDType::f32, {5, 4}, raw(std::vector<float>(20))),
+             Contains("history_vectors") && Contains("item_vectors") && Contains("again"));
   CHECK_THAT(rewrite("ts", TensorDType::i32, {5}, raw(std::vector<std::int32_t>(5, 0))),
              Contains("ts") && Contains("I32"));
   CHECK_THAT(rewrite("labels", TensorDType::f32, {5, 2}, raw(std::vector<float>(10, 0.0F))),
              Contains("labels") && Contains("[5, 3]"));
+  CHECK_THAT(rewrite("item_vectors", TensorDType::f32, {4, 3}, raw(std::vector<float>(12))),
+             Contains("item_vectors") && Contains("[4, 4]"));
+  CHECK_THAT(rewrite("history_item", TensorDType::i32, {4}, raw(std::vector<std::int32_t>(4))),
+             Contains("history_item") && Contains("[5]"));
   {
     std::vector<float> labels(15, 0.0F);
     labels[4] = std::numeric_limits<float>::infinity();
@@ -523,15 +813,32 @@ TEST_CASE("DeepRankerExamples: save/load round trip and damaged files", "[deep_r
                Contains("damaged.safetensors") && Contains("candidate_user[4] = 7"));
   }
   {
-    std::vector<float> vectors(20, 0.0F);
-    vectors[0] = std::numeric_limits<float>::quiet_NaN();
-    CHECK_THAT(rewrite("candidate_vectors", TensorDType::f32, {5, 4}, raw(vectors)),
-               Contains("candidate_vectors[row 0, column 0]"));
+    std::vector<std::int32_t> items = {1, 3, 3, 4, 1};  // 4 items: rows 0..3
+    CHECK_THAT(rewrite("candidate_item", TensorDType::i32, {5}, raw(items)),
+               Contains("damaged.safetensors") && Contains("candidate_item[3] = 4") &&
+                   Contains("item_vectors has 4 rows"));
+  }
+  {
+    std::vector<std::int32_t> items = {0, 3, -2, 2, 1};
+    CHECK_THAT(rewrite("history_item", TensorDType::i32, {5}, raw(items)),
+               Contains("history_item[2] = -2"));
+  }
+  {
+    std::vector<float> vectors = ex.item_vectors;
+    vectors[9] = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THAT(rewrite("item_vectors", TensorDType::f32, {4, 4}, raw(vectors)),
+               Contains("item_vectors[row 2, column 1]") && Contains("not finite"));
   }
   // Save rejects inconsistent arrays.
   DeepRankerExamples bad = ex;
   bad.ts.pop_back();
   CHECK_THROWS_AS(bad.save(dir / "bad.safetensors"), Error);
+  bad = ex;
+  bad.candidate_item.pop_back();
+  CHECK_THROWS_WITH(bad.save(dir / "bad.safetensors"), Contains("candidate_item"));
+  bad = ex;
+  bad.item_vectors.pop_back();
+  CHECK_THROWS_WITH(bad.save(dir / "bad.safetensors"), Contains("item_vectors"));
 }
 
 // ---------------------------------------------------------------------------
@@ -549,7 +856,7 @@ class Reference {
   }
 
   // Outputs, candidates x tasks.
-  std::vector<double> forward(const DeepRankerExamples& ex) const {
+  std::vector<double> forward(const OwnedBatch& ex) const {
     const std::size_t d = c_.item_vector_dim;
     const std::size_t a_dim = c_.attention_dim;
     const std::size_t nic = c_.item_categorical.size();
@@ -702,15 +1009,14 @@ DeepRankerParameters random_parameters(const DeepRankerConfig& c, std::uint64_t 
 
 // Random inputs: history[u] events for user u; candidate i belongs to user
 // owners[i].
-DeepRankerExamples random_examples(const DeepRankerConfig& c,
-                                   const std::vector<std::size_t>& history,
-                                   const std::vector<std::int32_t>& owners, std::uint64_t seed) {
+OwnedBatch random_batch(const DeepRankerConfig& c, const std::vector<std::size_t>& history,
+                        const std::vector<std::int32_t>& owners, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> unit(-1.0F, 1.0F);
   auto index = [&](std::size_t vocab) {
     return static_cast<std::int32_t>(std::uniform_int_distribution<std::size_t>(0, vocab)(rng));
   };
-  DeepRankerExamples ex;
+  OwnedBatch ex;
   ex.users = history.size();
   for (std::size_t u = 0; u < ex.users; ++u) {
     for (const auto& f : c.user_categorical) ex.user_categorical.push_back(index(f.vocab.size()));
@@ -735,17 +1041,18 @@ DeepRankerExamples random_examples(const DeepRankerConfig& c,
     for (const auto& f : c.item_numeric) {
       ex.candidate_numeric.push_back(f.mean + 2.0F * f.std * unit(rng));
     }
-    for (std::size_t t = 0; t < c.tasks.size(); ++t) ex.labels.push_back(0.0F);
-    ex.ts.push_back(static_cast<std::int64_t>(i));
   }
   return ex;
 }
 
-std::vector<float> run_forward(const DeepRankerModel& model, const DeepRankerExamples& ex) {
-  std::vector<float> out(ex.candidates * model.config().tasks.size(), -7.0F);
-  model.forward(ex.batch(),
-                MatrixView<float>(out.data(), ex.candidates, model.config().tasks.size()));
+std::vector<float> run_forward(const DeepRankerModel& model, const DeepRankerBatch& b) {
+  std::vector<float> out(b.candidates * model.config().tasks.size(), -7.0F);
+  model.forward(b, MatrixView<float>(out.data(), b.candidates, model.config().tasks.size()));
   return out;
+}
+
+std::vector<float> run_forward(const DeepRankerModel& model, const OwnedBatch& ex) {
+  return run_forward(model, ex.batch());
 }
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<double>& b) {
@@ -857,7 +1164,7 @@ TEST_CASE("DeepRankerModel: a tiny case computed by hand", "[deep_ranker]") {
   for (NamedTensor& p : params) p.values = values.at(p.name);
   const auto model = DeepRankerModel::create(c, params);
 
-  DeepRankerExamples ex;
+  OwnedBatch ex;
   ex.users = 2;
   ex.history_offsets = {0, 2, 2};
   ex.history_vectors = {0, 0};
@@ -928,19 +1235,72 @@ TEST_CASE("DeepRankerModel: forward matches a double-precision reference", "[dee
       const std::size_t full = c.history_length;
       // Several users, ragged history (user 1 has none), interleaved
       // candidates (chunks with several users: per-row user parts).
-      const DeepRankerExamples mixed =
-          random_examples(c, {3, 0, full, 1}, {0, 2, 1, 1, 3, 0, 2, 2, 3, 1, 0}, 11);
+      const OwnedBatch mixed =
+          random_batch(c, {3, 0, full, 1}, {0, 2, 1, 1, 3, 0, 2, 2, 3, 1, 0}, 11);
       CHECK(max_abs_diff(run_forward(*model, mixed), ref.forward(mixed)) <= 1e-5);
       // One user, more candidates than a chunk (the fused per-user bias).
-      const DeepRankerExamples one =
-          random_examples(c, {full}, std::vector<std::int32_t>(300, 0), 12);
+      const OwnedBatch one = random_batch(c, {full}, std::vector<std::int32_t>(300, 0), 12);
       CHECK(max_abs_diff(run_forward(*model, one), ref.forward(one)) <= 1e-5);
       // A user without history as the only user.
-      const DeepRankerExamples none = random_examples(c, {0}, {0, 0, 0}, 13);
+      const OwnedBatch none = random_batch(c, {0}, {0, 0, 0}, 13);
       CHECK(max_abs_diff(run_forward(*model, none), ref.forward(none)) <= 1e-5);
       // Repeated calls reuse the workspace and give the same values.
       CHECK(run_forward(*model, mixed) == run_forward(*model, mixed));
     }
+  }
+}
+
+TEST_CASE("DeepRankerExamples::gather: scores like the plain expansion, any rows",
+          "[deep_ranker]") {
+  DeepRankerConfig c = small_config();
+  c.history_length = 6;
+  const auto model = DeepRankerModel::create(c, random_parameters(c, 41));
+  // Random examples over a small item table: 7 users, ragged histories.
+  std::mt19937_64 rng(42);
+  std::uniform_real_distribution<float> unit(-1.0F, 1.0F);
+  auto pick = [&](std::size_t n) {  // in [0, n)
+    return static_cast<std::int32_t>(std::uniform_int_distribution<std::size_t>(0, n - 1)(rng));
+  };
+  DeepRankerExamples ex;
+  ex.items = 6;
+  for (std::size_t k = 0; k < ex.items * c.item_vector_dim; ++k)
+    ex.item_vectors.push_back(unit(rng));
+  ex.users = 7;
+  for (std::size_t u = 0; u < ex.users; ++u) {
+    ex.user_categorical.push_back(pick(3));
+    ex.user_numeric.push_back(30.0F + 10.0F * unit(rng));
+    const auto n = static_cast<std::size_t>(pick(c.history_length + 1));
+    for (std::size_t j = 0; j < n; ++j) {
+      ex.history_item.push_back(pick(ex.items));
+      ex.history_category.push_back(pick(4));
+      ex.history_type.push_back(pick(4));
+      ex.history_recency.push_back(pick(3));
+    }
+    ex.history_offsets.push_back(static_cast<std::int64_t>(ex.history_item.size()));
+  }
+  ex.candidates = 40;
+  for (std::size_t i = 0; i < ex.candidates; ++i) {
+    ex.candidate_user.push_back(pick(ex.users));
+    ex.candidate_item.push_back(pick(ex.items));
+    ex.candidate_categorical.push_back(pick(4));
+    ex.candidate_categorical.push_back(pick(2));
+    ex.candidate_numeric.push_back(10.0F + 5.0F * unit(rng));
+  }
+  DeepRankerBatchStorage storage;
+  for (const std::size_t n : {40, 13, 1, 64}) {
+    INFO(n << " rows");
+    std::vector<std::size_t> rows;
+    for (std::size_t i = 0; i < n; ++i) rows.push_back(static_cast<std::size_t>(pick(40)));
+    const DeepRankerBatch b = ex.gather(rows, storage);
+    REQUIRE_NOTHROW(b.validate(c));
+    // Each user once: no more users than distinct users among the rows.
+    std::vector<std::int32_t> distinct;
+    distinct.reserve(rows.size());
+    for (const std::size_t r : rows) distinct.push_back(ex.candidate_user[r]);
+    std::sort(distinct.begin(), distinct.end());
+    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+    CHECK(b.users == distinct.size());
+    CHECK(max_abs_diff(run_forward(*model, b), run_forward(*model, expand(ex, rows, c))) <= 1e-6);
   }
 }
 
@@ -953,16 +1313,18 @@ TEST_CASE("DeepRankerModel: PyTorch twin fixtures (mmoe, shared_bottom)", "[deep
     const auto model = DeepRankerModel::load(dir);
     const DeepRankerExamples inputs =
         DeepRankerExamples::load(dir / "inputs.safetensors", model->config());
+    DeepRankerBatchStorage storage;
+    const DeepRankerBatch batch = inputs.gather_all(storage);
     const auto expected_file = funnel::SafetensorsFile::open(dir / "expected.safetensors");
     const auto& info = expected_file.at("outputs");
     REQUIRE(info.shape ==
             std::vector<std::size_t>{inputs.candidates, model->config().tasks.size()});
     const std::vector<float> expected = expected_file.to_f32(info);
-    const std::vector<float> out = run_forward(*model, inputs);
+    const std::vector<float> out = run_forward(*model, batch);
     CHECK(max_abs_diff(out, expected) <= 1e-5);
     // And the reference agrees with the twin (the fixture checks the reference too).
     const Reference ref(model->config(), model->parameters());
-    CHECK(max_abs_diff(expected, ref.forward(inputs)) <= 1e-5);
+    CHECK(max_abs_diff(expected, ref.forward(own(batch))) <= 1e-5);
   }
 }
 
@@ -994,9 +1356,9 @@ TEST_CASE("DeepRankerModel: bf16 scores within 1e-3 of fp32", "[deep_ranker]") {
     const auto m32 = DeepRankerModel::create(c, scaled);
     const auto m16 = DeepRankerModel::create(c, scaled, bf16);
     CHECK(m16->options().precision == DeepRankerServeOptions::Precision::bf16);
-    const DeepRankerExamples ex = random_examples(c, {20, 0, 7}, {0, 1, 2, 0, 0, 2, 1, 2}, 22);
-    const DeepRankerExamples one = random_examples(c, {20}, std::vector<std::int32_t>(200, 0), 23);
-    for (const DeepRankerExamples* e : {&ex, &one}) {
+    const OwnedBatch ex = random_batch(c, {20, 0, 7}, {0, 1, 2, 0, 0, 2, 1, 2}, 22);
+    const OwnedBatch one = random_batch(c, {20}, std::vector<std::int32_t>(200, 0), 23);
+    for (const OwnedBatch* e : {&ex, &one}) {
       const auto a = run_forward(*m32, *e);
       const auto b = run_forward(*m16, *e);
       CHECK(max_abs_diff(b, a) <= 1e-3);
@@ -1070,16 +1432,16 @@ TEST_CASE("DeepRankerModel: forward rejects bad batches and output shapes", "[de
   using Catch::Matchers::Contains;
   const DeepRankerConfig c = small_config();
   const auto model = DeepRankerModel::create(c, random_parameters(c, 5));
-  const DeepRankerExamples good = small_examples();
+  const OwnedBatch good = small_batch();
   std::vector<float> out(good.candidates * 3);
-  auto forward_error = [&](const DeepRankerExamples& ex, std::size_t rows, std::size_t cols) {
+  auto forward_error = [&](const OwnedBatch& ex, std::size_t rows, std::size_t cols) {
     out.assign(rows * cols, 0.0F);
     return error_of([&] { model->forward(ex.batch(), MatrixView<float>(out.data(), rows, cols)); },
                     ErrorCode::invalid_argument);
   };
   CHECK_THAT(forward_error(good, 5, 2), Contains("5 x 2") && Contains("5 x 3"));
   CHECK_THAT(forward_error(good, 4, 3), Contains("outputs"));
-  DeepRankerExamples ex = good;
+  OwnedBatch ex = good;
   ex.candidate_categorical[2] = 9;
   CHECK_THAT(forward_error(ex, 5, 3), Contains("candidate_categorical[row 1"));
   ex = good;
@@ -1095,7 +1457,7 @@ TEST_CASE("DeepRankerModel: forward rejects bad batches and output shapes", "[de
   ex.candidate_user[4] = 3;
   CHECK_THAT(forward_error(ex, 5, 3), Contains("candidate_user[4] = 3"));
   // An empty batch is fine.
-  DeepRankerExamples empty;
+  OwnedBatch empty;
   CHECK_NOTHROW(model->forward(empty.batch(), MatrixView<float>(nullptr, 0, 3)));
 }
 
@@ -1111,7 +1473,7 @@ TEST_CASE("DeepRankerModel: save/load round trip and damaged model directories",
   CHECK(std::filesystem::exists(dir / "model.safetensors"));
   CHECK(funnel::testing::count_entries(dir) == 2);  // no temporary files left
   const auto back = DeepRankerModel::load(dir);
-  const DeepRankerExamples ex = small_examples();
+  const OwnedBatch ex = small_batch();
   CHECK(run_forward(*back, ex) == run_forward(*model, ex));
   CHECK(back->config().to_json() == c.to_json());
   {
@@ -1210,11 +1572,11 @@ TEST_CASE("DeepRankerModel: concurrent forward calls match sequential ones",
   DeepRankerConfig c = small_config();
   c.expert_hidden = {12, 6};
   const auto model = DeepRankerModel::create(c, random_parameters(c, 31));
-  std::vector<DeepRankerExamples> batches;
+  std::vector<OwnedBatch> batches;
   for (std::uint64_t b = 0; b < 6; ++b) {
     std::vector<std::int32_t> owners;
     for (std::size_t i = 0; i < 10 + 7 * b; ++i) owners.push_back(static_cast<std::int32_t>(i % 3));
-    batches.push_back(random_examples(c, {b % 4, 4, 2}, owners, 100 + b));
+    batches.push_back(random_batch(c, {b % 4, 4, 2}, owners, 100 + b));
   }
   std::vector<std::vector<float>> expected;
   expected.reserve(batches.size());

@@ -60,6 +60,7 @@ DeepRankerConfig small_config(DeepRankerConfig::Body body) {
 
 // Random examples: user 1 has no history, ragged histories otherwise; every
 // task has NaN labels somewhere (dwell where there is no click, some ctr).
+// Events and candidates draw from a small item table, so items repeat.
 DeepRankerExamples random_examples(const DeepRankerConfig& c, std::size_t users,
                                    std::size_t candidates, std::uint32_t seed) {
   std::mt19937 rng(seed);
@@ -69,6 +70,8 @@ DeepRankerExamples random_examples(const DeepRankerConfig& c, std::size_t users,
   };
   const std::size_t d = c.item_vector_dim;
   DeepRankerExamples ex;
+  ex.items = 9;
+  for (std::size_t k = 0; k < ex.items * d; ++k) ex.item_vectors.push_back(unit(rng));
   ex.users = users;
   for (std::size_t u = 0; u < users; ++u) {
     for (const auto& f : c.user_categorical) ex.user_categorical.push_back(pick(f.vocab.size()));
@@ -76,7 +79,7 @@ DeepRankerExamples random_examples(const DeepRankerConfig& c, std::size_t users,
       ex.user_numeric.push_back(3 * unit(rng));
     const std::size_t n = u == 1 ? 0 : 1 + static_cast<std::size_t>(pick(c.history_length - 1));
     for (std::size_t j = 0; j < n; ++j) {
-      for (std::size_t k = 0; k < d; ++k) ex.history_vectors.push_back(unit(rng));
+      ex.history_item.push_back(pick(ex.items - 1));
       ex.history_category.push_back(
           pick(c.item_categorical[c.history_category_feature].vocab.size()));
       ex.history_type.push_back(pick(3));
@@ -88,7 +91,7 @@ DeepRankerExamples random_examples(const DeepRankerConfig& c, std::size_t users,
   for (std::size_t i = 0; i < candidates; ++i) {
     // Every user gets candidates, the one without history included.
     ex.candidate_user.push_back(static_cast<std::int32_t>(i < users ? i : pick(users - 1)));
-    for (std::size_t k = 0; k < d; ++k) ex.candidate_vectors.push_back(unit(rng));
+    ex.candidate_item.push_back(pick(ex.items - 1));
     for (const auto& f : c.item_categorical)
       ex.candidate_categorical.push_back(pick(f.vocab.size()));
     for (std::size_t k = 0; k < c.item_numeric.size(); ++k) {
@@ -426,6 +429,8 @@ Shop make_shop(std::uint32_t seed, std::size_t users, std::size_t per_user) {
   };
 
   for (DeepRankerExamples* ex : {&shop.training, &shop.validation}) {
+    ex->items = kItems;
+    for (const auto& v : items) ex->item_vectors.insert(ex->item_vectors.end(), v.begin(), v.end());
     ex->users = users;
   }
   for (std::size_t u = 0; u < users; ++u) {
@@ -440,8 +445,7 @@ Shop make_shop(std::uint32_t seed, std::size_t users, std::size_t per_user) {
       ex->user_categorical.push_back(segment + 1);
       ex->user_numeric.push_back(std::log1p(static_cast<float>(n)));
       for (const std::size_t item : history) {
-        ex->history_vectors.insert(ex->history_vectors.end(), items[item].begin(),
-                                   items[item].end());
+        ex->history_item.push_back(static_cast<std::int32_t>(item));
         ex->history_category.push_back(category[item] + 1);
         ex->history_type.push_back(1);
         ex->history_recency.push_back(static_cast<std::int32_t>(item % 3));
@@ -456,8 +460,7 @@ Shop make_shop(std::uint32_t seed, std::size_t users, std::size_t per_user) {
       const float match = dot(items[item], tastes[segment]);
       const bool buy = click && unit(rng) < 1.0F / (1.0F + std::exp(-(4.0F * match - 1.0F)));
       ex.candidate_user.push_back(static_cast<std::int32_t>(u));
-      ex.candidate_vectors.insert(ex.candidate_vectors.end(), items[item].begin(),
-                                  items[item].end());
+      ex.candidate_item.push_back(static_cast<std::int32_t>(item));
       ex.candidate_categorical.push_back(category[item] + 1);
       ex.candidate_numeric.push_back(price[item]);
       ex.labels.push_back(click ? 1.0F : 0.0F);
@@ -647,6 +650,35 @@ TEST_CASE("evaluate_deep_ranker scores through DeepRankerModel like the trainer"
   }
 }
 
+TEST_CASE("evaluate_deep_ranker over several chunks matches one trainer pass", "[deep_train]") {
+  // More validation rows than evaluate_deep_ranker gathers at once (4096),
+  // so the outputs of several chunks are stitched together.
+  const Shop shop = make_shop(14, 530, 8);
+  REQUIRE(shop.validation.candidates > 4096);
+  const funnel::detail::DeepLayout layout(shop.config);
+  const DeepTensors<float> params = funnel::detail::deep_initial_parameters(layout, 5);
+  funnel::DeepRankerParameters named = layout.shapes;
+  for (std::size_t i = 0; i < named.size(); ++i) named[i].values = params[i];
+  const auto model = funnel::DeepRankerModel::create(shop.config, std::move(named));
+  const auto chunked = funnel::evaluate_deep_ranker(*model, shop.validation);
+  const auto whole = metrics_of(shop.config, params, shop.validation);
+  REQUIRE(chunked.size() == whole.size());
+  for (std::size_t t = 0; t < whole.size(); ++t) {
+    INFO(whole[t].task);
+    CHECK(chunked[t].examples == whole[t].examples);
+    if (std::isnan(whole[t].auc)) {
+      CHECK(std::isnan(chunked[t].auc));
+    } else {
+      CHECK(chunked[t].auc == Approx(whole[t].auc).margin(1e-5));
+    }
+    if (std::isnan(whole[t].rmse)) {
+      CHECK(chunked[t].log_loss == Approx(whole[t].log_loss).margin(1e-5));
+    } else {
+      CHECK(chunked[t].rmse == Approx(whole[t].rmse).margin(1e-5));
+    }
+  }
+}
+
 TEST_CASE("deep_task_metrics against hand-computed values", "[deep_train]") {
   DeepRankerConfig c = small_config(DeepRankerConfig::Body::mmoe);
   // 4 rows x (ctr, cvr, dwell).
@@ -705,6 +737,24 @@ TEST_CASE("train_deep_ranker rejects bad input with clear errors", "[deep_train]
   bad = shop.training;
   bad.candidate_categorical.push_back(1);
   CHECK_THROWS_AS(train_deep_ranker(shop.config, bad, shop.validation, train), Error);
+  // Item rows and vectors.
+  bad = shop.training;
+  REQUIRE(!bad.history_item.empty());
+  bad.history_item[0] = static_cast<std::int32_t>(bad.items);
+  CHECK_THROWS_WITH(train_deep_ranker(shop.config, bad, shop.validation, train),
+                    Contains("training examples") && Contains("history_item[0]"));
+  bad = shop.validation;
+  bad.candidate_item[1] = -1;
+  CHECK_THROWS_WITH(train_deep_ranker(shop.config, shop.training, bad, train),
+                    Contains("validation examples") && Contains("candidate_item[1] = -1"));
+  bad = shop.training;
+  bad.item_vectors[2 * shop.config.item_vector_dim + 1] = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(train_deep_ranker(shop.config, bad, shop.validation, train),
+                    Contains("item_vectors[row 2, column 1]") && Contains("not finite"));
+  bad = shop.training;
+  bad.item_vectors.pop_back();
+  CHECK_THROWS_WITH(train_deep_ranker(shop.config, bad, shop.validation, train),
+                    Contains("item_vectors has"));
 
   // Examples of another config (an extra item feature).
   DeepRankerConfig other = shop.config;

@@ -16,6 +16,7 @@
 #include <dnnl.h>
 
 #include "funnel/metrics.hpp"
+#include "internal/deep_ranker_examples.hpp"
 #include "internal/error_util.hpp"
 
 namespace funnel::detail {
@@ -296,18 +297,18 @@ struct DeepBackprop<S>::Work {
   S inv_sqrt_a;
   std::size_t max_width = 0;
 
-  // The mini-batch's structure: its users ("local" indices in order of first
-  // appearance), their rows and their history events.
+  // The mini-batch, gathered from the examples (its users in order of first
+  // use; the buffers are reused from step to step), and its structure: the
+  // rows of each user and where the attention weights of each row start.
+  DeepRankerBatchStorage storage;
   std::size_t nb = 0;
   std::size_t nu = 0;
   std::size_t ne = 0;
-  std::vector<std::int32_t> user_local;  // per examples user: local index or -1
-  std::vector<std::size_t> batch_user;   // per local user: examples user
-  std::vector<std::size_t> row_user;     // per row: local user
+  std::vector<std::size_t> row_user;  // per row: batch user
   std::vector<std::size_t> user_row_begin;
-  std::vector<std::size_t> user_rows;  // rows grouped by local user
+  std::vector<std::size_t> user_rows;  // rows grouped by batch user
   std::vector<std::size_t> cursor;
-  std::vector<std::size_t> event_begin;  // per local user: first local event (nu + 1)
+  std::vector<std::size_t> event_begin;  // per batch user: first event (nu + 1)
   std::vector<std::size_t> att_begin;    // per row: first attention weight (nb + 1)
 
   // Activations.
@@ -343,27 +344,12 @@ struct DeepBackprop<S>::Work {
     return mmoe ? mix[t].data() : expert_result(0);
   }
 
-  void prepare(const DeepRankerExamples& ex, std::span<const std::size_t> rows) {
-    // Undo the previous pass's marks (whatever examples it saw).
-    if (user_local.size() != ex.users) {
-      user_local.assign(ex.users, -1);
-    } else {
-      for (const std::size_t u : batch_user) {
-        if (u < user_local.size()) user_local[u] = -1;
-      }
-    }
-    batch_user.clear();
-    nb = rows.size();
+  void prepare(const DeepRankerBatch& b) {
+    nb = b.candidates;
+    nu = b.users;
     row_user.resize(nb);
-    for (std::size_t i = 0; i < nb; ++i) {
-      const auto gu = static_cast<std::size_t>(ex.candidate_user[rows[i]]);
-      if (user_local[gu] < 0) {
-        user_local[gu] = static_cast<std::int32_t>(batch_user.size());
-        batch_user.push_back(gu);
-      }
-      row_user[i] = static_cast<std::size_t>(user_local[gu]);
-    }
-    nu = batch_user.size();
+    for (std::size_t i = 0; i < nb; ++i)
+      row_user[i] = static_cast<std::size_t>(b.candidate_user[i]);
     user_row_begin.assign(nu + 1, 0);
     for (std::size_t i = 0; i < nb; ++i) ++user_row_begin[row_user[i] + 1];
     for (std::size_t u = 0; u < nu; ++u) user_row_begin[u + 1] += user_row_begin[u];
@@ -371,11 +357,8 @@ struct DeepBackprop<S>::Work {
     user_rows.resize(nb);
     for (std::size_t i = 0; i < nb; ++i) user_rows[cursor[row_user[i]]++] = i;
     event_begin.resize(nu + 1);
-    event_begin[0] = 0;
-    for (std::size_t u = 0; u < nu; ++u) {
-      const std::size_t gu = batch_user[u];
-      const auto n = static_cast<std::size_t>(ex.history_offsets[gu + 1] - ex.history_offsets[gu]);
-      event_begin[u + 1] = event_begin[u] + n;
+    for (std::size_t u = 0; u <= nu; ++u) {
+      event_begin[u] = static_cast<std::size_t>(b.history_offsets[u]);
     }
     ne = event_begin[nu];
     att_begin.resize(nb + 1);
@@ -387,8 +370,7 @@ struct DeepBackprop<S>::Work {
   }
 
   // x's user and candidate parts, the targets and the history tokens.
-  void gather(const DeepTensors<S>& p, const DeepRankerExamples& ex,
-              std::span<const std::size_t> rows) {
+  void gather(const DeepTensors<S>& p, const DeepRankerBatch& b) {
     const auto& cfg = config;
     const std::size_t xw = layout.input_width;
     const std::size_t hd = layout.token_width;
@@ -405,56 +387,50 @@ struct DeepBackprop<S>::Work {
     schedule(static)
     for (std::ptrdiff_t si = 0; si < nrows; ++si) {
       const auto i = static_cast<std::size_t>(si);
-      const std::size_t c = rows[i];
-      const auto gu = static_cast<std::size_t>(ex.candidate_user[c]);
+      const std::size_t u = row_user[i];
       S* xi = x.data() + i * xw;
       for (std::size_t k = 0; k < nuc; ++k) {
         const std::size_t dim = cfg.user_categorical[k].dim;
-        const auto idx = static_cast<std::size_t>(ex.user_categorical[gu * nuc + k]);
+        const auto idx = static_cast<std::size_t>(b.user_categorical[u * nuc + k]);
         const S* src = p[layout.user_embedding[k]].data() + idx * dim;
         std::copy(src, src + dim, xi + layout.user_offsets[k]);
       }
       S* un = xi + layout.user_width - nun;
       for (std::size_t k = 0; k < nun; ++k) {
         const auto& f = cfg.user_numeric[k];
-        un[k] = (static_cast<S>(ex.user_numeric[gu * nun + k]) - static_cast<S>(f.mean)) /
+        un[k] = (static_cast<S>(b.user_numeric[u * nun + k]) - static_cast<S>(f.mean)) /
                 static_cast<S>(f.std);
       }
       S* ci = xi + layout.user_width;
-      const float* v = ex.candidate_vectors.data() + c * d;
+      const float* v = b.candidate_vectors.data() + i * d;
       std::copy(v, v + d, ci);
       for (std::size_t k = 0; k < nic; ++k) {
         const std::size_t dim = cfg.item_categorical[k].dim;
-        const auto idx = static_cast<std::size_t>(ex.candidate_categorical[c * nic + k]);
+        const auto idx = static_cast<std::size_t>(b.candidate_categorical[i * nic + k]);
         const S* src = p[layout.item_embedding[k]].data() + idx * dim;
         std::copy(src, src + dim, ci + layout.item_offsets[k]);
       }
       S* cn = ci + layout.candidate_width - nin;
       for (std::size_t k = 0; k < nin; ++k) {
         const auto& f = cfg.item_numeric[k];
-        cn[k] = (static_cast<S>(ex.candidate_numeric[c * nin + k]) - static_cast<S>(f.mean)) /
+        cn[k] = (static_cast<S>(b.candidate_numeric[i * nin + k]) - static_cast<S>(f.mean)) /
                 static_cast<S>(f.std);
       }
       S* ti = tgt.data() + i * hd;
       std::copy(v, v + d, ti);
-      const auto hidx = static_cast<std::size_t>(ex.candidate_categorical[c * nic + hcf]);
+      const auto hidx = static_cast<std::size_t>(b.candidate_categorical[i * nic + hcf]);
       std::copy(hist_table.data() + hidx * dc, hist_table.data() + (hidx + 1) * dc, ti + d);
     }
-    const std::ptrdiff_t nusers = static_cast<std::ptrdiff_t>(nu);
+    const std::ptrdiff_t nevents = static_cast<std::ptrdiff_t>(ne);
 #pragma omp parallel for num_threads(threads) if (parallel(ne * layout.token_width)) \
     schedule(static)
-    for (std::ptrdiff_t su = 0; su < nusers; ++su) {
-      const auto u = static_cast<std::size_t>(su);
-      const std::size_t gu = batch_user[u];
-      const auto first = static_cast<std::size_t>(ex.history_offsets[gu]);
-      for (std::size_t j = event_begin[u]; j < event_begin[u + 1]; ++j) {
-        const std::size_t g = first + (j - event_begin[u]);
-        S* hj = h.data() + j * hd;
-        const float* v = ex.history_vectors.data() + g * d;
-        std::copy(v, v + d, hj);
-        const auto idx = static_cast<std::size_t>(ex.history_category[g]);
-        std::copy(hist_table.data() + idx * dc, hist_table.data() + (idx + 1) * dc, hj + d);
-      }
+    for (std::ptrdiff_t sj = 0; sj < nevents; ++sj) {
+      const auto j = static_cast<std::size_t>(sj);
+      S* hj = h.data() + j * hd;
+      const float* v = b.history_vectors.data() + j * d;
+      std::copy(v, v + d, hj);
+      const auto idx = static_cast<std::size_t>(b.history_category[j]);
+      std::copy(hist_table.data() + idx * dc, hist_table.data() + (idx + 1) * dc, hj + d);
     }
   }
 
@@ -509,7 +485,7 @@ struct DeepBackprop<S>::Work {
 
   [[nodiscard]] std::size_t dropout_scratch_stride() const { return max_width + 16; }
 
-  void attention_forward(const DeepTensors<S>& p, const DeepRankerExamples& ex) {
+  void attention_forward(const DeepTensors<S>& p, const DeepRankerBatch& b) {
     const std::size_t hd = layout.token_width;
     const std::size_t xw = layout.input_width;
     const std::size_t p_col = layout.user_width + layout.candidate_width;
@@ -527,13 +503,12 @@ struct DeepBackprop<S>::Work {
     schedule(static)
     for (std::ptrdiff_t su = 0; su < nusers; ++su) {
       const auto u = static_cast<std::size_t>(su);
-      const auto first = static_cast<std::size_t>(ex.history_offsets[batch_user[u]]);
       const std::size_t e0 = event_begin[u];
       const std::size_t n = event_begin[u + 1] - e0;
       for (std::size_t j = 0; j < n; ++j) {
         S* kj = keys.data() + (e0 + j) * a;
-        const S* ty = type_table + static_cast<std::size_t>(ex.history_type[first + j]) * a;
-        const S* re = rec_table + static_cast<std::size_t>(ex.history_recency[first + j]) * a;
+        const S* ty = type_table + static_cast<std::size_t>(b.history_type[e0 + j]) * a;
+        const S* re = rec_table + static_cast<std::size_t>(b.history_recency[e0 + j]) * a;
         for (std::size_t c = 0; c < a; ++c) kj[c] = kj[c] + ty[c] + re[c];
       }
       for (std::size_t r = user_row_begin[u]; r < user_row_begin[u + 1]; ++r) {
@@ -832,25 +807,23 @@ struct DeepBackprop<S>::Work {
   }
 
   // Embedding gradients of x's user and candidate parts.
-  void embedding_backward(const DeepRankerExamples& ex, std::span<const std::size_t> rows,
-                          DeepTensors<S>& g) {
+  void embedding_backward(const DeepRankerBatch& b, DeepTensors<S>& g) {
     const std::size_t xw = layout.input_width;
     const std::size_t nuc = config.user_categorical.size();
     const std::size_t nic = config.item_categorical.size();
     for (std::size_t i = 0; i < nb; ++i) {
-      const std::size_t c = rows[i];
-      const auto gu = static_cast<std::size_t>(ex.candidate_user[c]);
+      const std::size_t u = row_user[i];
       const S* dxi = dx.data() + i * xw;
       for (std::size_t k = 0; k < nuc; ++k) {
         const std::size_t dim = config.user_categorical[k].dim;
-        const auto idx = static_cast<std::size_t>(ex.user_categorical[gu * nuc + k]);
+        const auto idx = static_cast<std::size_t>(b.user_categorical[u * nuc + k]);
         S* dst = g[layout.user_embedding[k]].data() + idx * dim;
         const S* src = dxi + layout.user_offsets[k];
         for (std::size_t j = 0; j < dim; ++j) dst[j] += src[j];
       }
       for (std::size_t k = 0; k < nic; ++k) {
         const std::size_t dim = config.item_categorical[k].dim;
-        const auto idx = static_cast<std::size_t>(ex.candidate_categorical[c * nic + k]);
+        const auto idx = static_cast<std::size_t>(b.candidate_categorical[i * nic + k]);
         S* dst = g[layout.item_embedding[k]].data() + idx * dim;
         const S* src = dxi + layout.user_width + layout.item_offsets[k];
         for (std::size_t j = 0; j < dim; ++j) dst[j] += src[j];
@@ -858,8 +831,7 @@ struct DeepBackprop<S>::Work {
     }
   }
 
-  void attention_backward(const DeepTensors<S>& p, const DeepRankerExamples& ex,
-                          std::span<const std::size_t> rows, DeepTensors<S>& g) {
+  void attention_backward(const DeepTensors<S>& p, const DeepRankerBatch& b, DeepTensors<S>& g) {
     const std::size_t xw = layout.input_width;
     const std::size_t hd = layout.token_width;
     const std::size_t p_col = layout.user_width + layout.candidate_width;
@@ -914,7 +886,7 @@ struct DeepBackprop<S>::Work {
          dc);
     const std::size_t nic = config.item_categorical.size();
     for (std::size_t i = 0; i < nb; ++i) {
-      const auto idx = static_cast<std::size_t>(ex.candidate_categorical[rows[i] * nic + hcf]);
+      const auto idx = static_cast<std::size_t>(b.candidate_categorical[i * nic + hcf]);
       for (std::size_t j = 0; j < dc; ++j) gh[idx * dc + j] += dtok[i * dc + j];
     }
 
@@ -929,20 +901,16 @@ struct DeepBackprop<S>::Work {
          dc);
     S* gtype = g[layout.type_embedding].data();
     S* grec = g[layout.recency_embedding].data();
-    for (std::size_t u = 0; u < nu; ++u) {
-      const auto first = static_cast<std::size_t>(ex.history_offsets[batch_user[u]]);
-      for (std::size_t j = event_begin[u]; j < event_begin[u + 1]; ++j) {
-        const std::size_t ev = first + (j - event_begin[u]);
-        const S* dkj = dk.data() + j * a;
-        S* ty = gtype + static_cast<std::size_t>(ex.history_type[ev]) * a;
-        S* re = grec + static_cast<std::size_t>(ex.history_recency[ev]) * a;
-        for (std::size_t c = 0; c < a; ++c) {
-          ty[c] += dkj[c];
-          re[c] += dkj[c];
-        }
-        const auto idx = static_cast<std::size_t>(ex.history_category[ev]);
-        for (std::size_t c = 0; c < dc; ++c) gh[idx * dc + c] += dtok[j * dc + c];
+    for (std::size_t j = 0; j < ne; ++j) {
+      const S* dkj = dk.data() + j * a;
+      S* ty = gtype + static_cast<std::size_t>(b.history_type[j]) * a;
+      S* re = grec + static_cast<std::size_t>(b.history_recency[j]) * a;
+      for (std::size_t c = 0; c < a; ++c) {
+        ty[c] += dkj[c];
+        re[c] += dkj[c];
       }
+      const auto idx = static_cast<std::size_t>(b.history_category[j]);
+      for (std::size_t c = 0; c < dc; ++c) gh[idx * dc + c] += dtok[j * dc + c];
     }
   }
 };
@@ -967,9 +935,10 @@ S DeepBackprop<S>::run(const DeepTensors<S>& params, const DeepRankerExamples& e
   assert(params.size() == w.layout.shapes.size());
   assert(outputs.empty() || outputs.size() == rows.size() * w.tasks);
   const OmpThreadsScope scope(w.threads);
-  w.prepare(examples, rows);
-  w.gather(params, examples, rows);
-  w.attention_forward(params, examples);
+  const DeepRankerBatch batch = examples.gather(rows, w.storage);
+  w.prepare(batch);
+  w.gather(params, batch);
+  w.attention_forward(params, batch);
   w.body_forward(params, dropout);
   w.towers_forward(params, dropout);
   const S loss = w.loss(examples, rows, outputs);
@@ -979,8 +948,8 @@ S DeepBackprop<S>::run(const DeepTensors<S>& params, const DeepRankerExamples& e
   for (std::size_t i = 0; i < params.size(); ++i) (*grads)[i].assign(params[i].size(), S(0));
   w.att_scratch.resize(w.att.size());
   w.backward(params, dropout, *grads);
-  w.embedding_backward(examples, rows, *grads);
-  w.attention_backward(params, examples, rows, *grads);
+  w.embedding_backward(batch, *grads);
+  w.attention_backward(params, batch, *grads);
   return loss;
 }
 
@@ -1141,7 +1110,7 @@ double deep_mean_auc(const DeepRankerConfig& config, const std::vector<DeepTaskM
 void check_deep_examples(const DeepRankerConfig& config, const DeepRankerExamples& examples,
                          const std::string& what) {
   try {
-    examples.batch().validate(config);
+    validate_deep_examples(config, examples);
   } catch (const Error& e) {
     throw Error(e.code(), what + ": " + e.what());
   }

@@ -92,7 +92,10 @@ class DeepBackprop {
   [[nodiscard]] const DeepLayout& layout() const noexcept;
 
   /// One pass over examples' candidate rows `rows` (any order, repeats
-  /// allowed). The examples must have been validated against the config.
+  /// allowed), gathered (DeepRankerExamples::gather) into a batch whose
+  /// buffers this object keeps and reuses: once the largest mini-batch has
+  /// been seen, a pass allocates nothing. The examples must have been
+  /// validated against the config (check_deep_examples).
   /// @param[in] params tensors in canonical order and shape
   /// @param[out] grads when not null: d loss / d parameter (resized and overwritten)
   /// @param[out] outputs when not empty: rows.size() x tasks outputs (sigmoid
@@ -144,7 +147,7 @@ std::vector<DeepTaskMetrics> deep_task_metrics(const DeepRankerConfig& config,
 /// Mean AUC over the binary and ctcvr tasks whose AUC is defined; NaN if none.
 double deep_mean_auc(const DeepRankerConfig& config, const std::vector<DeepTaskMetrics>& metrics);
 
-/// Checks examples against a config: the arrays (DeepRankerBatch::validate),
+/// Checks examples against a config: the arrays (validate_deep_examples),
 /// labels (candidates x tasks; binary and ctcvr 0, 1 or NaN; regression finite
 /// or NaN) and ts (candidates). `what` names them in messages.
 /// @throws Error(invalid_argument) naming the array, row and task.

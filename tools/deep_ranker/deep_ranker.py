@@ -11,14 +11,21 @@ layer, MMoE gates or a shared bottom, one tower per task, sigmoid outputs for
 binary and ctcvr tasks and identity for regression tasks, inverted dropout on
 the output of every expert layer and every tower hidden layer in training.
 
-Inputs use the DeepRankerExamples layout (the arrays funnel's
-DeepRankerExamples::save writes, tensor names = member names):
+Examples use the DeepRankerExamples layout (the arrays funnel's
+DeepRankerExamples::save writes, tensor names = member names): item vectors
+are stored once and referred to by row,
+  item_vectors [items, D] F32,
   user_categorical [nu, n_uc] I32, user_numeric [nu, n_un] F32 (raw),
-  history_offsets [nu + 1] I64, history_vectors [ne, D] F32,
+  history_offsets [nu + 1] I64, history_item [ne] I32 (row of item_vectors),
   history_category / history_type / history_recency [ne] I32,
-  candidate_user [nc] I32, candidate_vectors [nc, D] F32,
+  candidate_user [nc] I32, candidate_item [nc] I32 (row of item_vectors),
   candidate_categorical [nc, n_ic] I32, candidate_numeric [nc, n_in] F32 (raw),
   labels [nc, T] F32 (NaN = no label), ts [nc] I64.
+The network's input is a batch in the DeepRankerBatch layout: the same
+arrays with the vectors materialised (history_vectors = item_vectors[
+history_item] [ne, D], candidate_vectors = item_vectors[candidate_item]
+[nc, D]) instead of item_vectors / history_item / candidate_item; gather()
+makes one from examples, as DeepRankerExamples::gather does.
 
 Training loss (the same definition as funnel's trainer and the fixtures'
 "loss"): sum over tasks t of loss_weight_t x (mean over the rows whose label
@@ -333,14 +340,21 @@ def config_to_json(cfg, weights_sha=None):
 # ---------------------------------------------------------------------------
 # The network
 
-EXAMPLE_INT32 = ("user_categorical", "history_category", "history_type", "history_recency",
-                 "candidate_user", "candidate_categorical")
+EXAMPLE_INT32 = ("user_categorical", "history_item", "history_category", "history_type",
+                 "history_recency", "candidate_user", "candidate_item", "candidate_categorical")
 EXAMPLE_INT64 = ("history_offsets", "ts")
-EXAMPLE_FLOAT = ("user_numeric", "history_vectors", "candidate_vectors", "candidate_numeric",
-                 "labels")
+EXAMPLE_FLOAT = ("item_vectors", "user_numeric", "history_vectors", "candidate_vectors",
+                 "candidate_numeric", "labels")
+# DeepRankerExamples' tensors, in the order DeepRankerExamples::save writes them.
+EXAMPLE_KEYS = ("item_vectors", "user_categorical", "user_numeric", "history_offsets",
+                "history_item", "history_category", "history_type", "history_recency",
+                "candidate_user", "candidate_item", "candidate_categorical", "candidate_numeric",
+                "labels", "ts")
+# A batch (DeepRankerBatch): the network's input.
 BATCH_KEYS = ("user_categorical", "user_numeric", "history_offsets", "history_vectors",
               "history_category", "history_type", "history_recency", "candidate_user",
               "candidate_vectors", "candidate_categorical", "candidate_numeric")
+OLD_LAYOUT_KEYS = ("history_vectors", "candidate_vectors")
 
 
 def _key(name):
@@ -350,7 +364,7 @@ def _key(name):
 class DeepRanker(torch.nn.Module):
     """The network of deep_ranker.hpp, parameters named as funnel names them.
 
-    forward(batch) takes a dict of tensors in the DeepRankerExamples layout
+    forward(batch) takes a dict of tensors in the DeepRankerBatch layout
     (see to_torch_batch) and returns the logits o [nc, T]; outputs(o) applies
     the per-task output function and loss(o, labels) the training loss.
     """
@@ -505,28 +519,51 @@ class DeepRanker(torch.nn.Module):
         return total
 
 
-def subset_examples(ex, rows):
-    """The examples of candidate rows `rows` (numpy dict, same layout), keeping
-    only the users they reference (in ascending user order) and their histories."""
+def _rows_users(ex, rows):
+    """(rows, users, new candidate_user): the users of candidate rows `rows` in
+    order of first use (as DeepRankerExamples::gather numbers them)."""
+    if rows is None:
+        rows = np.arange(ex["candidate_user"].shape[0], dtype=np.int64)
     rows = np.asarray(rows, dtype=np.int64)
+    nc = ex["candidate_user"].shape[0]
+    if rows.size and (rows.min() < 0 or rows.max() >= nc):
+        raise ValueError("rows outside [0, %d)" % nc)
     cu = ex["candidate_user"][rows].astype(np.int64)
-    users, new_cu = np.unique(cu, return_inverse=True)
+    uniq, first, inverse = np.unique(cu, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # unique users by first use
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[order] = np.arange(len(uniq))
+    return rows, uniq[order], rank[inverse].astype(np.int32)
+
+
+def _user_events(ex, users):
+    """(new history_offsets, indices of the users' events in ex's event arrays)."""
     offs = np.asarray(ex["history_offsets"], dtype=np.int64)
     counts = offs[users + 1] - offs[users]
     new_offs = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     # Event e of the subset is old event offs[user] + (e - new_offs[user]).
     ev = np.arange(int(new_offs[-1]), dtype=np.int64) + np.repeat(offs[users] - new_offs[:-1],
                                                                    counts)
+    return new_offs, ev
+
+
+def subset_examples(ex, rows):
+    """The examples (numpy dict, DeepRankerExamples layout) of candidate rows
+    `rows`, in that order: the users they reference (in order of first use)
+    with their histories, and the whole item table."""
+    rows, users, new_cu = _rows_users(ex, rows)
+    new_offs, ev = _user_events(ex, users)
     sub = {
+        "item_vectors": ex["item_vectors"],
         "user_categorical": ex["user_categorical"][users],
         "user_numeric": ex["user_numeric"][users],
         "history_offsets": new_offs,
-        "history_vectors": ex["history_vectors"][ev],
+        "history_item": ex["history_item"][ev],
         "history_category": ex["history_category"][ev],
         "history_type": ex["history_type"][ev],
         "history_recency": ex["history_recency"][ev],
-        "candidate_user": new_cu.astype(np.int32),
-        "candidate_vectors": ex["candidate_vectors"][rows],
+        "candidate_user": new_cu,
+        "candidate_item": ex["candidate_item"][rows],
         "candidate_categorical": ex["candidate_categorical"][rows],
         "candidate_numeric": ex["candidate_numeric"][rows],
     }
@@ -536,12 +573,31 @@ def subset_examples(ex, rows):
     return sub
 
 
+def gather(ex, rows=None):
+    """The batch (numpy dict, DeepRankerBatch layout, plus labels and ts when
+    the examples have them) of candidate rows `rows` of examples `ex` (all
+    rows when None), as DeepRankerExamples::gather builds it: the users once
+    each, in order of first use, and the item vectors copied in."""
+    sub = subset_examples(ex, rows)
+    items = ex["item_vectors"]
+    batch = {k: sub[k] for k in BATCH_KEYS if k in sub}
+    batch["history_vectors"] = items[sub["history_item"]]
+    batch["candidate_vectors"] = items[sub["candidate_item"]]
+    for k in ("labels", "ts"):
+        if k in sub:
+            batch[k] = sub[k]
+    return batch
+
+
 def to_torch_batch(ex, dtype=torch.float32, rows=None):
-    """Torch tensors of an examples dict (DeepRankerExamples layout); integer
-    arrays become int64, float arrays `dtype`. rows: optional candidate indices
-    (see subset_examples)."""
-    if rows is not None:
-        ex = subset_examples(ex, rows)
+    """Torch tensors of a batch for DeepRanker.forward: `ex` is examples
+    (DeepRankerExamples layout; rows: optional candidate indices, see
+    gather) or already a batch (DeepRankerBatch layout, rows None). Integer
+    arrays become int64, float arrays `dtype`."""
+    if "item_vectors" in ex:
+        ex = gather(ex, rows)
+    elif rows is not None:
+        raise ValueError("to_torch_batch: rows need examples (with item_vectors), not a batch")
     out = {}
     for k in BATCH_KEYS + ("labels",):
         if k not in ex:
@@ -638,31 +694,46 @@ def load_model(directory, dtype=torch.float32):
 
 
 def save_examples(path, ex):
-    """Writes examples (DeepRankerExamples layout) as one safetensors file."""
+    """Writes examples (DeepRankerExamples layout) as one safetensors file,
+    with DeepRankerExamples::save's tensor names, dtypes and metadata."""
+    old = [k for k in OLD_LAYOUT_KEYS if k in ex]
+    if old:
+        raise ValueError("save_examples: %s belong to the older per-example layout; store the "
+                         "vectors once in item_vectors and refer to them with history_item / "
+                         "candidate_item" % old)
+    missing = [k for k in EXAMPLE_KEYS if k not in ex and k not in ("labels", "ts")]
+    if missing:
+        raise ValueError("save_examples: missing arrays %s" % missing)
     tensors = []
-    for k in BATCH_KEYS + ("labels", "ts"):
+    for k in EXAMPLE_KEYS:
         if k not in ex:
             continue
         dt = np.int32 if k in EXAMPLE_INT32 else np.int64 if k in EXAMPLE_INT64 else np.float32
         tensors.append((k, np.asarray(ex[k], dtype=dt)))
-    write_safetensors(path, tensors)
+    write_safetensors(path, tensors, {"format": FORMAT + ".examples"})
 
 
 def load_examples(path, cfg=None):
-    """Reads an examples file; with cfg, reshapes flat arrays to 2-D and checks ranges."""
+    """Reads an examples file (DeepRankerExamples layout); with cfg, reshapes
+    flat arrays to 2-D and checks shapes, ranges (item rows included) and
+    finite item vectors."""
     t, _ = read_safetensors(path)
-    missing = [k for k in BATCH_KEYS if k not in t]
+    old = [k for k in OLD_LAYOUT_KEYS if k in t]
+    if old:
+        raise ValueError("%s: tensors %s are of the older per-example layout (vectors are now "
+                         "stored once, in item_vectors); export the examples again" % (path, old))
+    missing = [k for k in EXAMPLE_KEYS if k not in t and k not in ("labels", "ts")]
     if missing:
         raise ValueError("%s: missing tensors %s" % (path, missing))
     nu = t["history_offsets"].shape[0] - 1
     nc = t["candidate_user"].shape[0]
-    ne = int(t["history_offsets"][-1])
+    ne = t["history_item"].shape[0]
+    items = t["item_vectors"].shape[0]
     if cfg is not None:
         d = cfg["item_vector_dim"]
-        cols = {"user_categorical": (nu, len(cfg["user_categorical"])),
+        cols = {"item_vectors": (items, d),
+                "user_categorical": (nu, len(cfg["user_categorical"])),
                 "user_numeric": (nu, len(cfg["user_numeric"])),
-                "history_vectors": (ne, d),
-                "candidate_vectors": (nc, d),
                 "candidate_categorical": (nc, len(cfg["item_categorical"])),
                 "candidate_numeric": (nc, len(cfg["item_numeric"])),
                 "labels": (nc, len(cfg["tasks"]))}
@@ -672,6 +743,13 @@ def load_examples(path, cfg=None):
                     raise ValueError("%s: tensor %s has %d values, expected %s"
                                      % (path, k, t[k].size, shape))
                 t[k] = t[k].reshape(shape)
+        for k in ("history_category", "history_type", "history_recency"):
+            if t[k].shape[0] != ne:
+                raise ValueError("%s: tensor %s has %d values, expected %d (as history_item)"
+                                 % (path, k, t[k].shape[0], ne))
+        if t["candidate_item"].shape[0] != nc:
+            raise ValueError("%s: tensor candidate_item has %d values, expected %d"
+                             % (path, t["candidate_item"].shape[0], nc))
         for k, f in enumerate(cfg["user_categorical"]):
             v = t["user_categorical"][:, k]
             if v.size and (v.min() < 0 or v.max() > len(f["vocab"])):
@@ -683,6 +761,15 @@ def load_examples(path, cfg=None):
                                  % (path, f["name"]))
         if np.any(t["candidate_user"] < 0) or np.any(t["candidate_user"] >= max(nu, 1)):
             raise ValueError("%s: candidate_user out of range" % path)
-        if np.any(np.diff(t["history_offsets"]) < 0) or t["history_offsets"][0] != 0:
-            raise ValueError("%s: history_offsets not non-decreasing from 0" % path)
+        for k in ("history_item", "candidate_item"):
+            v = t[k]
+            if v.size and (v.min() < 0 or v.max() >= items):
+                raise ValueError("%s: %s out of range [0, %d) (rows of item_vectors)"
+                                 % (path, k, items))
+        if not np.all(np.isfinite(t["item_vectors"])):
+            raise ValueError("%s: item_vectors has a non-finite value" % path)
+        if (np.any(np.diff(t["history_offsets"]) < 0) or t["history_offsets"][0] != 0
+                or t["history_offsets"][-1] != ne):
+            raise ValueError("%s: history_offsets not non-decreasing from 0 to the event count"
+                             % path)
     return t

@@ -5,11 +5,13 @@
 Each case directory holds:
   config.json, model.safetensors  a funnel model directory (random seeded F32
                                   weights, non-zero biases), as in deep_ranker.hpp
-  inputs.safetensors              a DeepRankerExamples file: 3 users (one without
-                                  history), ragged histories, 7 candidates in mixed
-                                  user order, out-of-vocabulary (0) and last-index
-                                  values, every event type and recency bucket,
-                                  labels with NaN (dwell, and one cvr) and ts
+  inputs.safetensors              a DeepRankerExamples file: 6 items (vectors stored
+                                  once, rows repeated across events and candidates),
+                                  3 users (one without history), ragged histories,
+                                  7 candidates in mixed user order (users first used
+                                  in the order 0, 2, 1), out-of-vocabulary (0) and
+                                  last-index values, every event type and recency
+                                  bucket, labels with NaN (dwell, and one cvr) and ts
   expected.safetensors            "outputs" [nc, T] (forward, no dropout),
                                   "loss" [1] (the training loss over all rows, no
                                   dropout, no weight decay) and "grad.<name>" for
@@ -98,7 +100,12 @@ def make_inputs(cfg, rng):
     user_numeric = np.array([[1.9], [0.0], [1.4]], dtype=np.float32)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     ne = int(offsets[-1])
-    history_vectors = rng.normal(0, 0.6, size=(ne, d)).astype(np.float32)
+    # Item table: events and candidates refer to its rows; item 3 appears in
+    # both users' histories, item 0 twice in one history.
+    n_items = 6
+    item_vectors = rng.normal(0, 0.6, size=(n_items, d)).astype(np.float32)
+    history_item = np.array([0, 3, 1, 0, 5, 3, 2, 4], dtype=np.int32)
+    assert len(history_item) == ne
     n_cat = len(cfg["item_categorical"][cfg["history_category_feature"]]["vocab"])
     history_category = np.array([1, 4, 0, 2, 4, 3, 0, 1], dtype=np.int32)
     history_type = np.array([0, 1, 2, 3, 1, 0, 3, 2], dtype=np.int32)
@@ -108,7 +115,7 @@ def make_inputs(cfg, rng):
     assert set(history_type) == set(range(dr.EVENT_TYPES))
     candidate_user = np.array([0, 2, 1, 0, 2, 1, 0], dtype=np.int32)
     nc = len(candidate_user)
-    candidate_vectors = rng.normal(0, 0.6, size=(nc, d)).astype(np.float32)
+    candidate_item = np.array([1, 3, 4, 2, 3, 0, 5], dtype=np.int32)
     candidate_categorical = np.array(
         [[1, 1], [4, 3], [0, 2], [2, 0], [3, 1], [4, 0], [0, 3]], dtype=np.int32)
     candidate_numeric = np.array(
@@ -126,11 +133,12 @@ def make_inputs(cfg, rng):
     ], dtype=np.float32)
     ts = np.array([now + 10 * i for i in range(nc)], dtype=np.int64)
     return {
+        "item_vectors": item_vectors,
         "user_categorical": user_categorical, "user_numeric": user_numeric,
-        "history_offsets": offsets, "history_vectors": history_vectors,
+        "history_offsets": offsets, "history_item": history_item,
         "history_category": history_category, "history_type": history_type,
         "history_recency": history_recency, "candidate_user": candidate_user,
-        "candidate_vectors": candidate_vectors, "candidate_categorical": candidate_categorical,
+        "candidate_item": candidate_item, "candidate_categorical": candidate_categorical,
         "candidate_numeric": candidate_numeric, "labels": labels, "ts": ts,
     }, nu, nc
 
@@ -173,16 +181,16 @@ def numpy_forward(cfg, w, ex, record=None):
         for k, f in enumerate(cfg["user_numeric"]):
             m, s = float(np.float32(f["mean"])), float(np.float32(f["std"]))
             u.append((float(ex["user_numeric"][usr, k]) - m) / s)
-        # c
-        c = list(ex["candidate_vectors"][i].astype(np.float64))
+        # c (the candidate's item vector: a row of the item table)
+        cv = ex["item_vectors"][ex["candidate_item"][i]].astype(np.float64)
+        c = list(cv)
         for k, f in enumerate(cfg["item_categorical"]):
             c.extend(emb("item.%s.embedding" % f["name"], ex["candidate_categorical"][i, k]))
         for k, f in enumerate(cfg["item_numeric"]):
             m, s = float(np.float32(f["mean"])), float(np.float32(f["std"]))
             c.append((float(ex["candidate_numeric"][i, k]) - m) / s)
         # attention
-        t = np.concatenate([ex["candidate_vectors"][i].astype(np.float64),
-                            w[hname][ex["candidate_categorical"][i, hcf]]])
+        t = np.concatenate([cv, w[hname][ex["candidate_categorical"][i, hcf]]])
         q = np.zeros(a_dim)
         for r in range(a_dim):
             q[r] = sum(w["attention.query.weight"][r, j] * t[j] for j in range(len(t)))
@@ -192,7 +200,7 @@ def numpy_forward(cfg, w, ex, record=None):
         if hi > lo:
             scores, values = [], []
             for j in range(lo, hi):
-                h = np.concatenate([ex["history_vectors"][j].astype(np.float64),
+                h = np.concatenate([ex["item_vectors"][ex["history_item"][j]].astype(np.float64),
                                     w[hname][ex["history_category"][j]]])
                 key = (w["attention.key.weight"].dot(h) + w["attention.key.bias"]
                        + w["history.type.embedding"][ex["history_type"][j]]
@@ -287,6 +295,10 @@ def build_case(body, out_dir, seed):
         for name, _ in dr.parameter_shapes(cfg):
             model.p(name).copy_(torch.from_numpy(w64[name]))
     model.eval()
+    # The batch renumbers users by first use (0, 2, 1 -> 0, 1, 2), as
+    # DeepRankerExamples::gather does; the numpy pass below reads the
+    # examples directly.
+    assert list(dr.gather(ex)["candidate_user"]) == [0, 1, 2, 0, 1, 2, 0]
     batch = dr.to_torch_batch(ex, torch.float64)
     logits = model(batch)
     outputs = model.outputs(logits)

@@ -58,9 +58,9 @@ def main():
 
     now0 = 1_700_000_000
     bounds = [3600, 86400, 3 * 86400, 7 * 86400, 30 * 86400]
-    ex = {k: [] for k in ("user_categorical", "user_numeric", "history_vectors",
+    ex = {k: [] for k in ("user_categorical", "user_numeric", "history_item",
                           "history_category", "history_type", "history_recency",
-                          "candidate_user", "candidate_vectors", "candidate_categorical",
+                          "candidate_user", "candidate_item", "candidate_categorical",
                           "candidate_numeric", "labels", "ts")}
     offsets = [0]
     for u in range(args.users):
@@ -74,7 +74,7 @@ def main():
                               rng.integers(0, args.items, n_hist))
         ages_s = np.sort(rng.exponential(5 * 86400, size=n_hist))[::-1]
         for it, age in zip(hist_items, ages_s):
-            ex["history_vectors"].append(item_vec[it])
+            ex["history_item"].append(it)
             ex["history_category"].append(item_cat[it] + 1)
             ex["history_type"].append(int(rng.choice(4, p=[0.5, 0.3, 0.1, 0.1])))
             ex["history_recency"].append(sum(1 for b in bounds if age >= b))
@@ -95,18 +95,18 @@ def main():
             dwell = (math.log1p(math.exp(rng.normal(2.5 + 1.0 * match, 0.5))) if click
                      else float("nan"))
             ex["candidate_user"].append(u)
-            ex["candidate_vectors"].append(item_vec[it])
+            ex["candidate_item"].append(it)
             ex["candidate_categorical"].append([item_cat[it] + 1, item_brand[it] + 1])
             ex["candidate_numeric"].append([coarse, item_logprice[it]])
             ex["labels"].append([float(click), float(buy), dwell])
             ex["ts"].append(now0 + int(rng.integers(0, 30 * 86400)))
-    d_float = {"user_numeric", "history_vectors", "candidate_vectors", "candidate_numeric",
-               "labels"}
+    d_float = {"user_numeric", "candidate_numeric", "labels"}
     arrays = {}
     for k, v in ex.items():
         dt = np.float32 if k in d_float else np.int64 if k == "ts" else np.int32
         arrays[k] = np.asarray(v, dtype=dt)
-    arrays["history_vectors"] = arrays["history_vectors"].reshape(-1, d)
+    # Item vectors once; events and candidates refer to their rows.
+    arrays["item_vectors"] = item_vec.astype(np.float32)
     arrays["history_offsets"] = np.asarray(offsets, dtype=np.int64)
 
     def stats(x):

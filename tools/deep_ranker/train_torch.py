@@ -24,8 +24,9 @@ Training follows funnel's own trainer (train_deep_ranker, DeepTrainConfig):
     of the same tensors;
   * inverted dropout (the config's rate, or --dropout) on every expert layer
     and tower hidden layer output;
-  * mini-batches of --batch-size candidates (with their users and histories),
-    reshuffled every epoch from --seed;
+  * mini-batches of --batch-size candidates (with their users and histories,
+    the item vectors gathered from the examples' item_vectors table as
+    DeepRankerExamples::gather does), reshuffled every epoch from --seed;
   * after each epoch: validation metrics per task (AUC and log loss for binary
     tasks on their label and for ctcvr tasks as p_parent * p vs the joint
     label; RMSE for regression); the mean AUC over binary and ctcvr tasks

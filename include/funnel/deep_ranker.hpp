@@ -240,23 +240,47 @@ struct DeepRankerBatch {
   void validate(const DeepRankerConfig& config) const;
 };
 
-/// Owning arrays of a DeepRankerBatch plus labels and timestamps: the
-/// examples DeepFineRanker builds from an event log, and the file funnel
-/// train --export-examples writes for the PyTorch trainer.
-struct DeepRankerExamples {
-  std::size_t users = 0;
+/// Owning buffers of a materialised DeepRankerBatch (see
+/// DeepRankerExamples::gather); reused across calls, so a training loop
+/// allocates only while the largest batch grows.
+struct DeepRankerBatchStorage {
   std::vector<std::int32_t> user_categorical;
   std::vector<float> user_numeric;
-  std::vector<std::int64_t> history_offsets{0};
+  std::vector<std::int64_t> history_offsets;
   std::vector<float> history_vectors;
   std::vector<std::int32_t> history_category;
   std::vector<std::int32_t> history_type;
   std::vector<std::int32_t> history_recency;
-  std::size_t candidates = 0;
   std::vector<std::int32_t> candidate_user;
   std::vector<float> candidate_vectors;
   std::vector<std::int32_t> candidate_categorical;
   std::vector<float> candidate_numeric;
+  std::vector<std::int32_t> user_map;  ///< scratch: example user row -> batch user row
+};
+
+/// Labelled examples in a compact form: the examples DeepFineRanker builds
+/// from an event log, and the file `funnel train --export-examples` writes
+/// for the PyTorch trainer. Item vectors are stored once, in item_vectors,
+/// and history events and candidates refer to them by row (an impression
+/// log repeats the same history item in thousands of examples: storing its
+/// vector per event would cost history_length x D floats per example).
+/// Several candidates may share one user row (same user, same history).
+struct DeepRankerExamples {
+  std::size_t items = 0;
+  std::vector<float> item_vectors;  ///< items x D
+  std::size_t users = 0;
+  std::vector<std::int32_t> user_categorical;    ///< users x user_categorical.size()
+  std::vector<float> user_numeric;               ///< users x user_numeric.size(), raw
+  std::vector<std::int64_t> history_offsets{0};  ///< users + 1
+  std::vector<std::int32_t> history_item;        ///< per event: row of item_vectors
+  std::vector<std::int32_t> history_category;    ///< per event
+  std::vector<std::int32_t> history_type;        ///< per event
+  std::vector<std::int32_t> history_recency;     ///< per event
+  std::size_t candidates = 0;
+  std::vector<std::int32_t> candidate_user;         ///< candidates: user row
+  std::vector<std::int32_t> candidate_item;         ///< candidates: row of item_vectors
+  std::vector<std::int32_t> candidate_categorical;  ///< candidates x item_categorical.size()
+  std::vector<float> candidate_numeric;             ///< candidates x item_numeric.size(), raw
   /// candidates x tasks.size(): binary: the label (0/1); ctcvr: the joint
   /// label over the impression (1 = clicked and converted); regression:
   /// log(1 + target). NaN = no label for this task (e.g. dwell of an
@@ -264,13 +288,20 @@ struct DeepRankerExamples {
   std::vector<float> labels;
   std::vector<std::int64_t> ts;  ///< candidates: example time (for splits)
 
-  /// Views of all arrays.
-  [[nodiscard]] DeepRankerBatch batch() const;
+  /// The candidates `rows` (indices < candidates, any order, repeats
+  /// allowed) as a batch: their users once each, renumbered in order of
+  /// first use, with the item vectors copied in. Candidate i of the batch
+  /// is rows[i]. The batch views `storage`.
+  /// @throws Error(invalid_argument) for a row or item index out of range.
+  DeepRankerBatch gather(std::span<const std::size_t> rows, DeepRankerBatchStorage& storage) const;
+  /// All candidates, in order.
+  DeepRankerBatch gather_all(DeepRankerBatchStorage& storage) const;
 
   /// Writes the arrays as one safetensors file (tensor names = member
   /// names; int32 / int64 / F32), atomically.
   void save(const std::filesystem::path& path) const;
-  /// Reads save()'s file and validates it against the config.
+  /// Reads save()'s file and validates it against the config (shapes,
+  /// index ranges incl. item rows, finite vectors).
   /// @throws Error(format) naming the file and tensor.
   static DeepRankerExamples load(const std::filesystem::path& path, const DeepRankerConfig& config);
 };

@@ -7,12 +7,14 @@
 //   2. split the events by time: the last --holdout-days are held out;
 //   3. encode the catalogue (HashingEncoder), index it (IvfCoarseRanker, or
 //      ExactCoarseRanker with --index exact),
-//      train the fine ranker (LogisticFineRanker) on the past, build the
-//      reason generator and the Pipeline;
+//      train the fine ranker on the past (DeepFineRanker: MMoE with target
+//      attention over the history; and the first, logistic ranker as a
+//      baseline), build the reason generator and the Pipeline;
 //   4. print the top 10 of a few users with per-objective scores and reasons;
 //   5. measure quality on the held-out days: AUC per objective (against the
-//      true model's own AUC and a popularity baseline), NDCG@10 and
-//      recall@10 of the funnel against a popularity baseline, the coarse
+//      logistic ranker, the true model's own AUC and a popularity baseline),
+//      NDCG@10 and recall@10 of the funnel (and of the same funnel with the
+//      logistic ranker) against a popularity baseline, the coarse
 //      stage's hit rate and its recall against exact search, and per-stage
 //      latency.
 //
@@ -56,6 +58,10 @@ struct Args {
   std::string index = "ivf";
   std::size_t nprobe = 16;
   std::size_t interests = 1;
+  std::string fine = "logistic";
+  std::string body = "mmoe";
+  std::size_t epochs = 8;
+  std::size_t threads = 2;
 };
 
 void usage(std::FILE* out) {
@@ -77,7 +83,13 @@ void usage(std::FILE* out) {
       "  --index ivf|exact   coarse index (default ivf: IVF-Flat, about 4*sqrt(items) lists)\n"
       "  --nprobe N          lists probed per query by the IVF index (default 16)\n"
       "  --interests N       user vectors per request, one per interest cluster of the\n"
-      "                      history, merged round robin (default 1)\n");
+      "                      history, merged round robin (default 1)\n"
+      "  --fine deep|logistic  the Pipeline's fine ranker (default logistic: on this shop\n"
+      "                      the deep ranker does not beat it yet; the logistic one is\n"
+      "                      always trained too, as the baseline column)\n"
+      "  --body mmoe|shared_bottom  body of the deep ranker (default mmoe)\n"
+      "  --epochs N          deep ranker: training epochs at most (default 8)\n"
+      "  --threads N         deep ranker: training threads (default 2)\n");
 }
 
 std::size_t parse_count(std::string_view flag, std::string_view value) {
@@ -130,6 +142,14 @@ Args parse_args(int argc, char** argv) {
       a.nprobe = parse_count(flag, value);
     else if (flag == "--interests")
       a.interests = parse_count(flag, value);
+    else if (flag == "--fine")
+      a.fine = value;
+    else if (flag == "--body")
+      a.body = value;
+    else if (flag == "--epochs")
+      a.epochs = parse_count(flag, value);
+    else if (flag == "--threads")
+      a.threads = parse_count(flag, value);
     else
       throw Error(ErrorCode::invalid_argument,
                   "unknown option " + std::string(flag) + " (see --help)");
@@ -139,6 +159,16 @@ Args parse_args(int argc, char** argv) {
     throw Error(ErrorCode::invalid_argument,
                 "--index: expected ivf or exact, got '" + a.index + "'");
   }
+  if (a.fine != "deep" && a.fine != "logistic") {
+    throw Error(ErrorCode::invalid_argument,
+                "--fine: expected deep or logistic, got '" + a.fine + "'");
+  }
+  if (a.body != "mmoe" && a.body != "shared_bottom") {
+    throw Error(ErrorCode::invalid_argument,
+                "--body: expected mmoe or shared_bottom, got '" + a.body + "'");
+  }
+  if (a.epochs == 0) throw Error(ErrorCode::invalid_argument, "--epochs must be > 0");
+  if (a.threads == 0) throw Error(ErrorCode::invalid_argument, "--threads must be > 0");
   return a;
 }
 
@@ -265,14 +295,47 @@ int main(int argc, char** argv) {
 
     t = Clock::now();
     std::vector<ObjectiveTrainReport> report;
-    std::shared_ptr<const FineRanker> fine =
+    std::shared_ptr<const FineRanker> logistic =
         LogisticFineRanker::train(catalog, train_events, users, LogisticTrainConfig{}, &report);
-    std::printf("trained the fine ranker in %.2f s:\n", seconds_since(t));
+    std::printf("trained the logistic fine ranker (the baseline) in %.2f s:\n",
+                seconds_since(t));
     for (const ObjectiveTrainReport& r : report) {
       std::printf("  %-5s %7zu train / %6zu validation examples, %s %.4f after %zu epochs\n",
                   r.objective.c_str(), r.train_examples, r.validation_examples,
                   r.objective == "dwell" ? "RMSE(log dwell)" : "validation AUC",
                   r.validation_metric, r.epochs);
+    }
+    std::shared_ptr<const FineRanker> fine = logistic;
+    FusionConfig fusion;
+    if (args.fine == "deep") {
+      t = Clock::now();
+      DeepFineRankerTrainConfig deep_config;
+      if (args.body == "shared_bottom") {
+        deep_config.model.body = DeepRankerConfig::Body::shared_bottom;
+        deep_config.model.experts = 1;
+      }
+      deep_config.train.max_epochs = args.epochs;
+      deep_config.train.threads = args.threads;
+      DeepTrainReport deep_report;
+      auto deep =
+          DeepFineRanker::train(catalog, train_events, users, deep_config, &deep_report);
+      std::printf(
+          "trained the deep fine ranker (%s) in %.2f s: %zu train / %zu validation examples, "
+          "%zu epochs (kept epoch %zu), %.0f examples/s\n",
+          deep->name().c_str(), seconds_since(t), deep_report.train_examples,
+          deep_report.validation_examples, deep_report.epochs, deep_report.best_epoch,
+          deep_report.examples_per_second);
+      for (const DeepTaskMetrics& m : deep_report.validation) {
+        if (std::isnan(m.rmse)) {
+          std::printf("  %-5s validation AUC %.4f, log-loss %.4f (%zu examples)\n",
+                      m.task.c_str(), m.auc, m.log_loss, m.examples);
+        } else {
+          std::printf("  %-5s validation RMSE(log dwell) %.4f (%zu examples)\n", m.task.c_str(),
+                      m.rmse, m.examples);
+        }
+      }
+      fusion = deep->model().config().fusion;
+      fine = std::move(deep);
     }
     auto popularity = std::make_shared<Popularity>(
         Popularity::from_events(*catalog, train_events, users, split_ts));
@@ -281,7 +344,13 @@ int main(int argc, char** argv) {
     pipeline_config.coarse_k = args.coarse_k;
     pipeline_config.top_n = args.top_n;
     pipeline_config.interests = args.interests;
+    pipeline_config.fusion = fusion;
     const Pipeline pipeline(catalog, encoder, index, fine, reasons, pipeline_config);
+    // The same funnel with the first (logistic) fine ranker, for comparison.
+    PipelineConfig baseline_config = pipeline_config;
+    baseline_config.explain = false;
+    baseline_config.fusion = FusionConfig{};
+    const Pipeline baseline(catalog, encoder, index, logistic, reasons, baseline_config);
 
     // Per-user timelines over all events (sorted by ts).
     std::unordered_map<std::string, std::size_t> user_row;
@@ -381,8 +450,9 @@ int main(int argc, char** argv) {
         }
       }
     }
-    std::array<std::vector<float>, 3> model_scores, truth_scores, pop_scores, labels;
+    std::array<std::vector<float>, 3> model_scores, base_scores, truth_scores, pop_scores, labels;
     Matrix<float> one(1, fine->objectives().size());
+    Matrix<float> one_base(1, logistic->objectives().size());
     std::vector<float> uvec(encoder->dim());
     for (const HeldOut& h : held_out) {
       const UserContext ctx = context_at(h.user, h.prefix, h.ts, 0);
@@ -391,8 +461,10 @@ int main(int argc, char** argv) {
       const float coarse = std::inner_product(uvec.begin(), uvec.end(), iv.begin(), 0.0F);
       const Candidate c{h.item, coarse};
       fine->score(ctx, std::span<const Candidate>(&c, 1), one.view());
+      logistic->score(ctx, std::span<const Candidate>(&c, 1), one_base.view());
       const auto k = static_cast<std::size_t>(h.objective);
       model_scores[k].push_back(one(0, k));
+      base_scores[k].push_back(one_base(0, k));
       labels[k].push_back(h.label);
       pop_scores[k].push_back(static_cast<float>(popularity->item_count(h.item)));
       if (shop) {
@@ -405,8 +477,8 @@ int main(int argc, char** argv) {
     }
     std::printf("\nheld-out quality (%lld..%lld, %zu examples)\n", static_cast<long long>(split_ts),
                 static_cast<long long>(max_ts), held_out.size());
-    std::printf("  %-6s %8s %10s %10s %12s\n", "", "examples", "funnel", "popularity",
-                shop ? "true model" : "");
+    std::printf("  %-6s %8s %10s %10s %10s %12s\n", "", "examples", args.fine.c_str(),
+                "logistic", "popularity", shop ? "true model" : "");
     const char* names[3] = {"ctr", "cvr", "dwell"};
     for (std::size_t k = 0; k < 3; ++k) {
       if (labels[k].empty()) continue;
@@ -424,8 +496,9 @@ int main(int argc, char** argv) {
       }
       const auto positives = std::count(binary.begin(), binary.end(), 1);
       if (positives == 0 || positives == static_cast<long>(binary.size())) continue;
-      std::printf("  %-6s %8zu %10.4f %10.4f", names[k], binary.size(),
-                  auc(model_scores[k], binary), auc(pop_scores[k], binary));
+      std::printf("  %-6s %8zu %10.4f %10.4f %10.4f", names[k], binary.size(),
+                  auc(model_scores[k], binary), auc(base_scores[k], binary),
+                  auc(pop_scores[k], binary));
       if (shop) std::printf(" %12.4f", auc(truth_scores[k], binary));
       std::printf("   AUC%s\n", k == 2 ? " (long vs short dwell)" : "");
     }
@@ -442,7 +515,8 @@ int main(int argc, char** argv) {
       if (positive && prefix_before(u, split_ts) > 0) eval.push_back(u);
     }
     double ndcg_f = 0, ndcg_p = 0, recall_f = 0, recall_p = 0, coarse_hit = 0, coarse_recall = 0;
-    double truth_ndcg_f = 0, truth_ndcg_p = 0;
+    double ndcg_b = 0, recall_b = 0;
+    double truth_ndcg_f = 0, truth_ndcg_p = 0, truth_ndcg_b = 0;
     std::array<std::vector<double>, 6> stage_ms;
     for (std::size_t e = 0; e < eval.size(); ++e) {
       const std::size_t u = eval[e];
@@ -460,13 +534,17 @@ int main(int argc, char** argv) {
       const Recommendation rec = pipeline.recommend(ctx);
       std::vector<ItemId> ranked;
       for (const auto& item : rec.items) ranked.push_back(item.id);
+      std::vector<ItemId> base_ranked;
+      for (const auto& item : baseline.recommend(ctx).items) base_ranked.push_back(item.id);
       std::vector<ItemId> pop_ranked;
       for (const auto& [id, count] : popular) {
         if (!purchased.contains(id) && pop_ranked.size() < args.top_n) pop_ranked.push_back(id);
       }
       ndcg_f += ndcg_at_k(ranked, relevant, args.top_n);
+      ndcg_b += ndcg_at_k(base_ranked, relevant, args.top_n);
       ndcg_p += ndcg_at_k(pop_ranked, relevant, args.top_n);
       recall_f += recall_at_k(ranked, relevant, args.top_n);
+      recall_b += recall_at_k(base_ranked, relevant, args.top_n);
       recall_p += recall_at_k(pop_ranked, relevant, args.top_n);
       // Coarse stage: share of the held-out positives among its candidates,
       // and how many of exact search's candidates the index found.
@@ -508,6 +586,7 @@ int main(int argc, char** argv) {
         std::unordered_set<ItemId> best;
         for (std::size_t i = 0; i < 10; ++i) best.insert(utility[i].second);
         truth_ndcg_f += ndcg_at_k(ranked, best, args.top_n);
+        truth_ndcg_b += ndcg_at_k(base_ranked, best, args.top_n);
         truth_ndcg_p += ndcg_at_k(pop_ranked, best, args.top_n);
       }
       const StageTimings& tm = rec.timings;
@@ -518,13 +597,15 @@ int main(int argc, char** argv) {
     const double n = static_cast<double>(std::max<std::size_t>(stage_ms[0].size(), 1));
     std::printf("\nranking quality over %zu users with held-out clicks or purchases (top %zu)\n",
                 stage_ms[0].size(), args.top_n);
-    std::printf("  %-34s %8s %10s\n", "", "funnel", "popularity");
-    std::printf("  %-34s %8.4f %10.4f\n", "NDCG@10 (held-out clicks+buys)", ndcg_f / n, ndcg_p / n);
-    std::printf("  %-34s %8.4f %10.4f\n", "recall@10 (held-out clicks+buys)", recall_f / n,
-                recall_p / n);
+    std::printf("  %-34s %8s %10s %10s\n", "", ("funnel/" + args.fine).c_str(),
+                "f/logistic", "popularity");
+    std::printf("  %-34s %8.4f %10.4f %10.4f\n", "NDCG@10 (held-out clicks+buys)", ndcg_f / n,
+                ndcg_b / n, ndcg_p / n);
+    std::printf("  %-34s %8.4f %10.4f %10.4f\n", "recall@10 (held-out clicks+buys)",
+                recall_f / n, recall_b / n, recall_p / n);
     if (shop) {
-      std::printf("  %-34s %8.4f %10.4f\n", "NDCG@10 vs the true top 10", truth_ndcg_f / n,
-                  truth_ndcg_p / n);
+      std::printf("  %-34s %8.4f %10.4f %10.4f\n", "NDCG@10 vs the true top 10",
+                  truth_ndcg_f / n, truth_ndcg_b / n, truth_ndcg_p / n);
     }
     std::printf(
         "  coarse stage (%s): %.4f of held-out positives among its %zu candidates; recall@%zu "

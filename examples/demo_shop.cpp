@@ -297,8 +297,7 @@ int main(int argc, char** argv) {
     std::vector<ObjectiveTrainReport> report;
     std::shared_ptr<const FineRanker> logistic =
         LogisticFineRanker::train(catalog, train_events, users, LogisticTrainConfig{}, &report);
-    std::printf("trained the logistic fine ranker (the baseline) in %.2f s:\n",
-                seconds_since(t));
+    std::printf("trained the logistic fine ranker (the baseline) in %.2f s:\n", seconds_since(t));
     for (const ObjectiveTrainReport& r : report) {
       std::printf("  %-5s %7zu train / %6zu validation examples, %s %.4f after %zu epochs\n",
                   r.objective.c_str(), r.train_examples, r.validation_examples,
@@ -317,8 +316,7 @@ int main(int argc, char** argv) {
       deep_config.train.max_epochs = args.epochs;
       deep_config.train.threads = args.threads;
       DeepTrainReport deep_report;
-      auto deep =
-          DeepFineRanker::train(catalog, train_events, users, deep_config, &deep_report);
+      auto deep = DeepFineRanker::train(catalog, train_events, users, deep_config, &deep_report);
       std::printf(
           "trained the deep fine ranker (%s) in %.2f s: %zu train / %zu validation examples, "
           "%zu epochs (kept epoch %zu), %.0f examples/s\n",
@@ -327,8 +325,8 @@ int main(int argc, char** argv) {
           deep_report.examples_per_second);
       for (const DeepTaskMetrics& m : deep_report.validation) {
         if (std::isnan(m.rmse)) {
-          std::printf("  %-5s validation AUC %.4f, log-loss %.4f (%zu examples)\n",
-                      m.task.c_str(), m.auc, m.log_loss, m.examples);
+          std::printf("  %-5s validation AUC %.4f, log-loss %.4f (%zu examples)\n", m.task.c_str(),
+                      m.auc, m.log_loss, m.examples);
         } else {
           std::printf("  %-5s validation RMSE(log dwell) %.4f (%zu examples)\n", m.task.c_str(),
                       m.rmse, m.examples);
@@ -477,8 +475,8 @@ int main(int argc, char** argv) {
     }
     std::printf("\nheld-out quality (%lld..%lld, %zu examples)\n", static_cast<long long>(split_ts),
                 static_cast<long long>(max_ts), held_out.size());
-    std::printf("  %-6s %8s %10s %10s %10s %12s\n", "", "examples", args.fine.c_str(),
-                "logistic", "popularity", shop ? "true model" : "");
+    std::printf("  %-6s %8s %10s %10s %10s %12s\n", "", "examples", args.fine.c_str(), "logistic",
+                "popularity", shop ? "true model" : "");
     const char* names[3] = {"ctr", "cvr", "dwell"};
     for (std::size_t k = 0; k < 3; ++k) {
       if (labels[k].empty()) continue;
@@ -597,15 +595,15 @@ int main(int argc, char** argv) {
     const double n = static_cast<double>(std::max<std::size_t>(stage_ms[0].size(), 1));
     std::printf("\nranking quality over %zu users with held-out clicks or purchases (top %zu)\n",
                 stage_ms[0].size(), args.top_n);
-    std::printf("  %-34s %8s %10s %10s\n", "", ("funnel/" + args.fine).c_str(),
-                "f/logistic", "popularity");
+    std::printf("  %-34s %8s %10s %10s\n", "", ("funnel/" + args.fine).c_str(), "f/logistic",
+                "popularity");
     std::printf("  %-34s %8.4f %10.4f %10.4f\n", "NDCG@10 (held-out clicks+buys)", ndcg_f / n,
                 ndcg_b / n, ndcg_p / n);
-    std::printf("  %-34s %8.4f %10.4f %10.4f\n", "recall@10 (held-out clicks+buys)",
-                recall_f / n, recall_b / n, recall_p / n);
+    std::printf("  %-34s %8.4f %10.4f %10.4f\n", "recall@10 (held-out clicks+buys)", recall_f / n,
+                recall_b / n, recall_p / n);
     if (shop) {
-      std::printf("  %-34s %8.4f %10.4f %10.4f\n", "NDCG@10 vs the true top 10",
-                  truth_ndcg_f / n, truth_ndcg_b / n, truth_ndcg_p / n);
+      std::printf("  %-34s %8.4f %10.4f %10.4f\n", "NDCG@10 vs the true top 10", truth_ndcg_f / n,
+                  truth_ndcg_b / n, truth_ndcg_p / n);
     }
     std::printf(
         "  coarse stage (%s): %.4f of held-out positives among its %zu candidates; recall@%zu "

@@ -643,13 +643,21 @@ DeepRankerExamples materialize(const Featurizer& featurizer, const Catalog& cata
       featurizer.append_user(profile != nullptr ? *profile : no_profile(), before, tokens,
                              example.ts, out);
       // No coarse stage ran in training: what an exact inner-product stage
-      // returns for the user vector "mean of the history tokens".
+      // returns for the user vector "mean of the history tokens, normalised
+      // to unit length" (a Pipeline's user vector has unit length too; an
+      // unnormalised mean gave scores a few times smaller than those the
+      // Pipeline passes at serving time).
       std::fill(mean.begin(), mean.end(), 0.0);
       for (const TimelineEvent& token : tokens) {
         const std::span<const float> v = catalog.vectors().row(token.row);
         for (std::size_t j = 0; j < dim; ++j) mean[j] += v[j];
       }
-      for (double& m : mean) m /= static_cast<double>(std::max<std::size_t>(1, tokens.size()));
+      double norm = 0.0;
+      for (const double m : mean) norm += m * m;
+      norm = std::sqrt(norm);
+      if (norm > 0.0) {
+        for (double& m : mean) m /= norm;
+      }
       has_history = !tokens.empty();
     }
     double coarse = 0.0;

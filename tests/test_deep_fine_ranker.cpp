@@ -633,9 +633,13 @@ TEST_CASE("DeepFineRanker features match hand computations", "[deep_fine]") {
               vocab_index(config.item_categorical[category_col], item.category));
         for (std::size_t d = 0; d < kDim; ++d) mean[d] += v[d] / static_cast<double>(count);
       }
+      // The coarse score: the item's inner product with the unit-length mean.
+      double norm = 0.0;
+      for (std::size_t d = 0; d < kDim; ++d) norm += mean[d] * mean[d];
+      norm = std::sqrt(norm);
       double dot = 0.0;
       const std::span<const float> v = vector_of(want.item);
-      for (std::size_t d = 0; d < kDim; ++d) dot += v[d] * mean[d];
+      for (std::size_t d = 0; d < kDim; ++d) dot += v[d] * (norm > 0.0 ? mean[d] / norm : 0.0);
       CHECK(ex.candidate_numeric[row * nin + coarse_col] == Approx(dot).margin(1e-6));
       CHECK(ex.user_numeric[u * nun + events_col] ==
             Approx(std::log1p(static_cast<double>(want.events))));

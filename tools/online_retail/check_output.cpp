@@ -62,7 +62,9 @@ std::string row(const char* file, std::size_t i) {
 
 std::string attrs_text(const std::map<std::string, std::string>& attrs) {
   std::string out;
-  for (const auto& [key, value] : attrs) out += key + "=" + value + ";";
+  for (const auto& [key, value] : attrs) {
+    out.append(key).append("=").append(value).append(";");
+  }
   return out;
 }
 

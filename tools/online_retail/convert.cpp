@@ -378,7 +378,7 @@ std::string date_of(std::int64_t ts) {
   const std::int64_t d = doy - (153 * mp + 2) / 5 + 1;
   const std::int64_t m = mp < 10 ? mp + 3 : mp - 9;
   const std::int64_t y = yoe + era * 400 + (m <= 2 ? 1 : 0);
-  std::array<char, 32> buf{};
+  std::array<char, 80> buf{};  // room for any three int64 values
   std::snprintf(buf.data(), buf.size(), "%04lld-%02lld-%02lld", static_cast<long long>(y),
                 static_cast<long long>(m), static_cast<long long>(d));
   return buf.data();

@@ -190,10 +190,10 @@ amount of tuning on the test period): the HashingEncoder dimension (256 over
 128), four interests and a 30-day half-life for the coarse stage (coarse
 recall@50 in *all* 0.18 with one interest, 7 days and 128 dimensions; 0.24 with
 the defaults), and one epoch with 2 sampled negatives for the fine ranker (a run
-with `--epochs 2 --item-id on`, the stock code as an extra item feature, reached
-a higher validation AUC, 0.801 against 0.794, but the same ranking quality within
-0.007, slightly better in *all* and slightly worse in *new*, at about twice the
-training time).
+with `--epochs 2 --item-id on`, the stock code as an extra item feature, made
+before commit 37e8e77 changed the training coarse score, reached a higher
+validation AUC, 0.801 against 0.794, but no better ranking: every column within
+0.007 of the table's, at about twice the training time).
 
 Ideas not tried: co-purchase counts with the history as a fine-ranker feature,
 harder negatives (drawn from the coarse stage's candidates instead of the whole

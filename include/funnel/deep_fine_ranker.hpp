@@ -30,9 +30,9 @@
 ///   mean vector of the user's history before the example normalised to unit
 ///   length, which is what an exact inner-product stage returns for a
 ///   history-only unit user vector such as the Pipeline's; the mean is the
-///   plain mean of the history tokens' vectors, 0 without history), "log_price" (log(1 + price), 0 when unknown),
-///   "log_popularity" (log(1 + events of the item in the training period:
-///   every event type counts 1, events before the first held-out example)).
+///   plain mean of the history tokens' vectors, 0 without history), "log_price" (log(1 + price), 0
+///   when unknown), "log_popularity" (log(1 + events of the item in the training period: every
+///   event type counts 1, events before the first held-out example)).
 /// History tokens: the user's most recent history_length events before the
 ///   request (of items the catalogue knows), oldest first: the item's
 ///   catalogue vector, its history-category index, the event type and the

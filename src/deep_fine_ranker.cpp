@@ -35,7 +35,9 @@ namespace {
 using nlohmann::json;
 
 constexpr std::string_view kFormatName = "funnel.deep_fine_ranker";
-constexpr std::int64_t kFormatVersion = 1;
+// Version 2 added the per-item view/click/purchase/dwell counts (rate
+// priors) and counted_until_ts; version 1 files still load.
+constexpr std::int64_t kFormatVersion = 2;
 constexpr const char* kFeaturesFile = "features.json";
 constexpr std::string_view kAttrPrefix = "attr:";
 constexpr std::size_t kPriceBands = 10;  // deciles
@@ -57,7 +59,38 @@ constexpr bool kIsExamples = std::is_same_v<Out, DeepRankerExamples>;
 enum class UserCategoricalKind : std::uint8_t { age_band, gender, location, profile };
 enum class UserNumericKind : std::uint8_t { log_history_events, profile };
 enum class ItemCategoricalKind : std::uint8_t { category, brand, price_band, attr };
-enum class ItemNumericKind : std::uint8_t { coarse_score, log_price, log_popularity };
+enum class ItemNumericKind : std::uint8_t {
+  coarse_score,
+  log_price,
+  log_popularity,
+  price_vs_category,
+  item_ctr_prior,
+  item_cvr_prior,
+  item_dwell_prior,
+  // User-item cross features, from the request's history tokens:
+  sim_max,
+  seen_item,
+  purchased_item,
+  category_share,
+  brand_share,
+  brand_purchased,
+  relative_price_gap,
+};
+
+// Whether a numeric item feature depends on the user's history tokens.
+constexpr bool is_cross(ItemNumericKind kind) noexcept {
+  return kind >= ItemNumericKind::sim_max;
+}
+
+// Whether a numeric item feature is a rate prior (time-dependent in training).
+constexpr bool is_prior(ItemNumericKind kind) noexcept {
+  return kind == ItemNumericKind::item_ctr_prior || kind == ItemNumericKind::item_cvr_prior ||
+         kind == ItemNumericKind::item_dwell_prior;
+}
+
+// Rate priors: an item needs about this many views (clicks) before its own
+// click (conversion, dwell) rate outweighs the global one.
+constexpr double kPriorStrength = 20.0;
 
 template <class Kind>
 struct FeatureSpec {
@@ -91,10 +124,24 @@ std::optional<FeatureSpec<ItemCategoricalKind>> parse_item_categorical(const std
 }
 
 std::optional<FeatureSpec<ItemNumericKind>> parse_item_numeric(const std::string& name) {
-  if (name == "coarse_score") return FeatureSpec<ItemNumericKind>{ItemNumericKind::coarse_score};
-  if (name == "log_price") return FeatureSpec<ItemNumericKind>{ItemNumericKind::log_price};
-  if (name == "log_popularity") {
-    return FeatureSpec<ItemNumericKind>{ItemNumericKind::log_popularity};
+  static constexpr std::array<std::pair<std::string_view, ItemNumericKind>, 14> kNames{{
+      {"coarse_score", ItemNumericKind::coarse_score},
+      {"log_price", ItemNumericKind::log_price},
+      {"log_popularity", ItemNumericKind::log_popularity},
+      {"price_vs_category", ItemNumericKind::price_vs_category},
+      {"item_ctr_prior", ItemNumericKind::item_ctr_prior},
+      {"item_cvr_prior", ItemNumericKind::item_cvr_prior},
+      {"item_dwell_prior", ItemNumericKind::item_dwell_prior},
+      {"sim_max", ItemNumericKind::sim_max},
+      {"seen_item", ItemNumericKind::seen_item},
+      {"purchased_item", ItemNumericKind::purchased_item},
+      {"category_share", ItemNumericKind::category_share},
+      {"brand_share", ItemNumericKind::brand_share},
+      {"brand_purchased", ItemNumericKind::brand_purchased},
+      {"relative_price_gap", ItemNumericKind::relative_price_gap},
+  }};
+  for (const auto& [known, kind] : kNames) {
+    if (name == known) return FeatureSpec<ItemNumericKind>{kind, {}};
   }
   return std::nullopt;
 }
@@ -182,6 +229,143 @@ std::vector<double> price_band_bounds(const Catalog& catalog) {
   return bounds;
 }
 
+// Per catalogue row: log(1 + price) minus the median of log(1 + price) over
+// the catalogue's priced items of the same category (the mean of the middle
+// two for an even count); nullopt without a price or a category.
+std::vector<std::optional<double>> price_vs_category(const Catalog& catalog) {
+  const std::span<const Item> items = catalog.items();
+  std::unordered_map<std::string_view, std::vector<double>> by_category;
+  for (const Item& item : items) {
+    const std::optional<double> lp = log_price(item);
+    if (lp && !item.category.empty()) by_category[item.category].push_back(*lp);
+  }
+  std::unordered_map<std::string_view, double> median;
+  for (auto& [category, values] : by_category) {
+    std::sort(values.begin(), values.end());
+    const std::size_t n = values.size();
+    median.emplace(category, n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]));
+  }
+  std::vector<std::optional<double>> out(items.size());
+  for (std::size_t r = 0; r < items.size(); ++r) {
+    const std::optional<double> lp = log_price(items[r]);
+    if (!lp || items[r].category.empty()) continue;
+    out[r] = *lp - median.at(items[r].category);
+  }
+  return out;
+}
+
+// Dense ids of a string field over the catalogue rows (-1 = empty).
+std::vector<std::int32_t> dense_ids(const Catalog& catalog, std::string Item::*field) {
+  std::unordered_map<std::string_view, std::int32_t> ids;
+  std::vector<std::int32_t> out;
+  out.reserve(catalog.size());
+  for (const Item& item : catalog.items()) {
+    const std::string& value = item.*field;
+    if (value.empty()) {
+      out.push_back(-1);
+      continue;
+    }
+    out.push_back(ids.emplace(value, static_cast<std::int32_t>(ids.size())).first->second);
+  }
+  return out;
+}
+
+// Event counts of one item over the training period, all users (what
+// log_popularity and the rate priors read). Also the file's record.
+struct ItemCounts {
+  ItemId id = kNoItem;
+  double events = 0.0;     // events of any type
+  double views = 0.0;
+  double clicks = 0.0;
+  double purchases = 0.0;
+  double dwells = 0.0;         // clicks with a dwell
+  double log_dwell_sum = 0.0;  // sum of log(1 + dwell_s) over them
+
+  void add(EventType type, std::optional<double> dwell_s) {
+    events += 1.0;
+    if (type == EventType::view) views += 1.0;
+    if (type == EventType::click) {
+      clicks += 1.0;
+      if (dwell_s) {
+        dwells += 1.0;
+        log_dwell_sum += std::log1p(std::max(0.0, *dwell_s));
+      }
+    }
+    if (type == EventType::purchase) purchases += 1.0;
+  }
+};
+
+// The global rates the priors shrink towards (over all counted items).
+struct GlobalRates {
+  double ctr = 0.0;
+  double cvr = 0.0;
+  double dwell = 0.0;  // mean log(1 + dwell_s)
+
+  static GlobalRates of(std::span<const ItemCounts> counts) {
+    ItemCounts total;
+    for (const ItemCounts& c : counts) {
+      total.views += c.views;
+      total.clicks += c.clicks;
+      total.purchases += c.purchases;
+      total.dwells += c.dwells;
+      total.log_dwell_sum += c.log_dwell_sum;
+    }
+    GlobalRates g;
+    g.ctr = total.views > 0.0 ? total.clicks / total.views : 0.0;
+    g.cvr = total.clicks > 0.0 ? total.purchases / total.clicks : 0.0;
+    g.dwell = total.dwells > 0.0 ? total.log_dwell_sum / total.dwells : 0.0;
+    return g;
+  }
+
+  // The prior feature `kind` of an item with counts `c`.
+  [[nodiscard]] double prior(ItemNumericKind kind, const ItemCounts& c) const {
+    const auto logit = [](double p) {
+      p = std::clamp(p, 1e-6, 1.0 - 1e-6);
+      return std::log(p / (1.0 - p));
+    };
+    const double m = kPriorStrength;
+    switch (kind) {
+      case ItemNumericKind::item_ctr_prior: return logit((c.clicks + m * ctr) / (c.views + m));
+      case ItemNumericKind::item_cvr_prior: return logit((c.purchases + m * cvr) / (c.clicks + m));
+      case ItemNumericKind::item_dwell_prior: return (c.log_dwell_sum + m * dwell) / (c.dwells + m);
+      default: return 0.0;
+    }
+  }
+};
+
+// Per catalogue row, the running counts after each of its counted events
+// (ts < until) in time order, so that a training example's priors count
+// only the events strictly before it.
+struct ItemEventTimes {
+  struct Stamp {
+    std::int64_t ts = 0;
+    ItemCounts counts;  // of the events up to and including this one
+  };
+  std::int64_t until = std::numeric_limits<std::int64_t>::max();
+  std::vector<std::vector<Stamp>> rows;
+
+  // The counts of row `row` over its counted events with ts < before.
+  [[nodiscard]] ItemCounts counts_before(std::size_t row, std::int64_t before) const {
+    const std::vector<Stamp>& list = rows[row];
+    const auto end = std::lower_bound(list.begin(), list.end(), before,
+                                      [](const Stamp& e, std::int64_t ts) { return e.ts < ts; });
+    return end == list.begin() ? ItemCounts{} : std::prev(end)->counts;
+  }
+};
+
+// What the cross features need from one user's history tokens; filled by
+// Featurizer::cross() and reused (its vectors keep their capacity).
+struct UserCross {
+  std::vector<std::size_t> rows;       // token rows, in token order (sim_max)
+  std::vector<std::size_t> seen;       // distinct token rows, sorted
+  std::vector<std::size_t> purchased;  // distinct rows of purchase tokens, sorted
+  std::vector<std::int32_t> categories;        // category id per token with one, sorted
+  std::vector<std::int32_t> brands;            // brand id per token with one, sorted
+  std::vector<std::int32_t> purchased_brands;  // brand ids of purchase tokens, sorted, distinct
+  std::size_t tokens = 0;
+  std::optional<double> mean_price_vs_category;  // over distinct token rows that have one
+};
+
 // The recency bucket of an event as deep_ranker.hpp defines it.
 std::int32_t recency_bucket(std::int64_t now, std::int64_t ts,
                             std::span<const std::int64_t> bounds) noexcept {
@@ -237,14 +421,15 @@ class Featurizer {
  public:
   Featurizer(const Catalog& catalog, const DeepFeatureConfig& features,
              const DeepRankerConfig& model, std::span<const double> price_bounds,
-             std::span<const double> popularity)
+             std::span<const ItemCounts> counts, const GlobalRates& rates)
       : catalog_(&catalog),
+        rates_(rates),
         history_length_(model.history_length),
         recency_bounds_(model.recency_bounds_s),
         item_categorical_count_(features.item_categorical.size()),
         item_numeric_count_(features.item_numeric.size()),
         history_feature_(model.history_category_feature) {
-    assert(catalog.vector_dim() == model.item_vector_dim && popularity.size() == catalog.size());
+    assert(catalog.vector_dim() == model.item_vector_dim && counts.size() == catalog.size());
     assert(model.user_categorical.size() == features.user_categorical.size());
     assert(model.user_numeric.size() == features.user_numeric.size());
     assert(model.item_categorical.size() == item_categorical_count_);
@@ -272,19 +457,101 @@ class Featurizer {
       }
     }
     item_numeric_.assign(items.size() * item_numeric_count_, 0.0F);
+    bool needs_relative_price = false;
     for (std::size_t f = 0; f < item_numeric_count_; ++f) {
       const auto spec = parse_item_numeric(features.item_numeric[f]);
       assert(spec);
-      if (spec->kind == ItemNumericKind::coarse_score) {
+      needs_relative_price = needs_relative_price ||
+                             spec->kind == ItemNumericKind::price_vs_category ||
+                             spec->kind == ItemNumericKind::relative_price_gap;
+    }
+    if (needs_relative_price) price_vs_category_ = price_vs_category(catalog);
+    for (std::size_t f = 0; f < item_numeric_count_; ++f) {
+      const ItemNumericKind kind = parse_item_numeric(features.item_numeric[f])->kind;
+      if (kind == ItemNumericKind::coarse_score) {
         coarse_column_ = f;
         continue;
       }
+      if (is_cross(kind)) {
+        cross_columns_.emplace_back(f, kind);
+        continue;
+      }
+      if (is_prior(kind)) prior_columns_.emplace_back(f, kind);
       for (std::size_t r = 0; r < items.size(); ++r) {
-        const double value = spec->kind == ItemNumericKind::log_price
-                                 ? log_price(items[r]).value_or(0.0)
-                                 : std::log1p(popularity[r]);
+        double value = 0.0;
+        switch (kind) {
+          case ItemNumericKind::log_price: value = log_price(items[r]).value_or(0.0); break;
+          case ItemNumericKind::log_popularity: value = std::log1p(counts[r].events); break;
+          case ItemNumericKind::item_ctr_prior:
+          case ItemNumericKind::item_cvr_prior:
+          case ItemNumericKind::item_dwell_prior: value = rates.prior(kind, counts[r]); break;
+          case ItemNumericKind::price_vs_category:
+            value = price_vs_category_[r].value_or(0.0);
+            break;
+          default: break;
+        }
         item_numeric_[r * item_numeric_count_ + f] = static_cast<float>(value);
       }
+    }
+    if (!cross_columns_.empty()) {
+      category_id_ = dense_ids(catalog, &Item::category);
+      brand_id_ = dense_ids(catalog, &Item::brand);
+    }
+  }
+
+  // Training: rewrites the prior columns of the candidate row just appended
+  // (its numeric features are `numeric`) with the counts of the events
+  // strictly before `ts`, when ts is inside the counted period (after it,
+  // the whole period's counts stay, as at serving time).
+  void timed_priors(std::size_t row, std::int64_t ts, const ItemEventTimes& times,
+                    std::span<float> numeric) const {
+    if (prior_columns_.empty() || ts >= times.until) return;
+    const ItemCounts before = times.counts_before(row, ts);
+    for (const auto& [column, kind] : prior_columns_) {
+      numeric[column] = static_cast<float>(rates_.prior(kind, before));
+    }
+  }
+
+  // Fills `out` from a user's history tokens (a no-op without cross features).
+  void cross(std::span<const TimelineEvent> tokens, UserCross& out) const {
+    out.rows.clear();
+    out.seen.clear();
+    out.purchased.clear();
+    out.categories.clear();
+    out.brands.clear();
+    out.purchased_brands.clear();
+    out.tokens = tokens.size();
+    out.mean_price_vs_category.reset();
+    if (cross_columns_.empty()) return;
+    for (const TimelineEvent& token : tokens) {
+      out.rows.push_back(token.row);
+      if (category_id_[token.row] >= 0) out.categories.push_back(category_id_[token.row]);
+      if (brand_id_[token.row] >= 0) out.brands.push_back(brand_id_[token.row]);
+      if (token.type == EventType::purchase) {
+        out.purchased.push_back(token.row);
+        if (brand_id_[token.row] >= 0) out.purchased_brands.push_back(brand_id_[token.row]);
+      }
+    }
+    const auto sort_unique = [](auto& v) {
+      std::sort(v.begin(), v.end());
+      v.erase(std::unique(v.begin(), v.end()), v.end());
+    };
+    out.seen = out.rows;
+    sort_unique(out.seen);
+    sort_unique(out.purchased);
+    sort_unique(out.purchased_brands);
+    std::sort(out.categories.begin(), out.categories.end());
+    std::sort(out.brands.begin(), out.brands.end());
+    if (!price_vs_category_.empty()) {
+      double sum = 0.0;
+      std::size_t n = 0;
+      for (const std::size_t row : out.seen) {
+        if (price_vs_category_[row]) {
+          sum += *price_vs_category_[row];
+          ++n;
+        }
+      }
+      if (n > 0) out.mean_price_vs_category = sum / static_cast<double>(n);
     }
   }
 
@@ -335,8 +602,8 @@ class Featurizer {
   // (`out` as in append_user). Returns the number of categorical values out
   // of vocabulary.
   template <class Out>
-  std::size_t append_candidate(std::size_t row, float coarse_score, std::size_t user,
-                               Out& out) const {
+  std::size_t append_candidate(std::size_t row, float coarse_score, const UserCross& cross,
+                               std::size_t user, Out& out) const {
     out.candidate_user.push_back(static_cast<std::int32_t>(user));
     if constexpr (kIsExamples<Out>) {
       out.candidate_item.push_back(static_cast<std::int32_t>(row));
@@ -353,12 +620,62 @@ class Featurizer {
     out.candidate_numeric.insert(out.candidate_numeric.end(), num,
                                  num + static_cast<std::ptrdiff_t>(item_numeric_count_));
     if (coarse_column_ != kNone) out.candidate_numeric[first + coarse_column_] = coarse_score;
+    for (const auto& [column, kind] : cross_columns_) {
+      out.candidate_numeric[first + column] = static_cast<float>(cross_value(kind, row, cross));
+    }
     if constexpr (kIsExamples<Out>) ++out.candidates;
     return item_oov_[row];
   }
 
  private:
+  // The cross feature `kind` of catalogue row `row` against `cross`.
+  [[nodiscard]] double cross_value(ItemNumericKind kind, std::size_t row,
+                                   const UserCross& cross) const {
+    const auto count = [](const std::vector<std::int32_t>& sorted, std::int32_t id) {
+      const auto [lo, hi] = std::equal_range(sorted.begin(), sorted.end(), id);
+      return static_cast<double>(hi - lo);
+    };
+    switch (kind) {
+      case ItemNumericKind::sim_max: {
+        const std::span<const float> x = catalog_->vectors().row(row);
+        double best = 0.0;
+        bool any = false;
+        for (const std::size_t h : cross.rows) {
+          if (h == row) continue;
+          const std::span<const float> v = catalog_->vectors().row(h);
+          float dot = 0.0F;
+          for (std::size_t j = 0; j < x.size(); ++j) dot += x[j] * v[j];
+          best = any ? std::max(best, static_cast<double>(dot)) : static_cast<double>(dot);
+          any = true;
+        }
+        return best;
+      }
+      case ItemNumericKind::seen_item:
+        return std::binary_search(cross.seen.begin(), cross.seen.end(), row) ? 1.0 : 0.0;
+      case ItemNumericKind::purchased_item:
+        return std::binary_search(cross.purchased.begin(), cross.purchased.end(), row) ? 1.0
+                                                                                       : 0.0;
+      case ItemNumericKind::category_share:
+        if (cross.tokens == 0 || category_id_[row] < 0) return 0.0;
+        return count(cross.categories, category_id_[row]) / static_cast<double>(cross.tokens);
+      case ItemNumericKind::brand_share:
+        if (cross.tokens == 0 || brand_id_[row] < 0) return 0.0;
+        return count(cross.brands, brand_id_[row]) / static_cast<double>(cross.tokens);
+      case ItemNumericKind::brand_purchased:
+        return brand_id_[row] >= 0 && std::binary_search(cross.purchased_brands.begin(),
+                                                         cross.purchased_brands.end(),
+                                                         brand_id_[row])
+                   ? 1.0
+                   : 0.0;
+      case ItemNumericKind::relative_price_gap:
+        if (!price_vs_category_[row] || !cross.mean_price_vs_category) return 0.0;
+        return *price_vs_category_[row] - *cross.mean_price_vs_category;
+      default: return 0.0;
+    }
+  }
+
   const Catalog* catalog_;
+  GlobalRates rates_;
   std::size_t history_length_;
   std::vector<std::int64_t> recency_bounds_;
   std::vector<FeatureSpec<UserCategoricalKind>> user_categorical_;
@@ -372,6 +689,11 @@ class Featurizer {
   std::vector<std::int32_t> item_categorical_;  // catalogue rows x item categorical features
   std::vector<std::uint32_t> item_oov_;         // per row: how many of them are index 0
   std::vector<float> item_numeric_;  // catalogue rows x item numeric features (coarse: 0)
+  std::vector<std::pair<std::size_t, ItemNumericKind>> cross_columns_;  // (column, kind)
+  std::vector<std::pair<std::size_t, ItemNumericKind>> prior_columns_;  // (column, kind)
+  std::vector<std::optional<double>> price_vs_category_;  // per row; empty when unused
+  std::vector<std::int32_t> category_id_;                  // per row, -1 = none (cross only)
+  std::vector<std::int32_t> brand_id_;                     // per row, -1 = none (cross only)
 };
 
 // ---------------------------------------------------------------------------
@@ -607,12 +929,39 @@ std::size_t validation_size(std::size_t n, double fraction) {
   return std::clamp<std::size_t>(wanted, 1, n - 1);
 }
 
+// Per catalogue row: the counts of the events with ts < until (all users),
+// and, when `times` is not null, their running counts in time order.
+std::vector<ItemCounts> count_events(const Catalog& catalog, const Timelines& timelines,
+                                     std::int64_t until, ItemEventTimes* times) {
+  std::vector<const TimelineEvent*> counted;
+  for (const std::vector<TimelineEvent>& timeline : timelines.events) {
+    for (const TimelineEvent& e : timeline) {
+      if (e.ts < until) counted.push_back(&e);
+    }
+  }
+  // Time order (stable: a user's events keep theirs) for the running counts.
+  std::stable_sort(counted.begin(), counted.end(),
+                   [](const TimelineEvent* a, const TimelineEvent* b) { return a->ts < b->ts; });
+  std::vector<ItemCounts> counts(catalog.size());
+  for (std::size_t r = 0; r < catalog.size(); ++r) counts[r].id = catalog.items()[r].id;
+  if (times != nullptr) {
+    times->until = until;
+    times->rows.assign(catalog.size(), {});
+  }
+  for (const TimelineEvent* e : counted) {
+    counts[e->row].add(e->type, e->dwell_s);
+    if (times != nullptr) times->rows[e->row].push_back({e->ts, counts[e->row]});
+  }
+  return counts;
+}
+
 // The examples [begin, end) of `skeletons` with their features. Examples of
 // one user at one timestamp share a user row; each sees the user's events
 // strictly before its timestamp.
 DeepRankerExamples materialize(const Featurizer& featurizer, const Catalog& catalog,
                                const Timelines& timelines, const Skeletons& skeletons,
-                               std::size_t begin, std::size_t end, std::size_t tasks) {
+                               const ItemEventTimes& times, std::size_t begin, std::size_t end,
+                               std::size_t tasks) {
   DeepRankerExamples out;
   const std::size_t dim = catalog.vector_dim();
   // Events and candidates refer to the catalogue's vectors by row.
@@ -625,6 +974,7 @@ DeepRankerExamples materialize(const Featurizer& featurizer, const Catalog& cata
   out.item_vectors.assign(vectors.data, vectors.data + vectors.size());
   std::vector<double> mean(dim, 0.0);
   bool has_history = false;
+  UserCross cross;
   for (std::size_t i = begin; i < end; ++i) {
     const Skeleton& example = skeletons.examples[i];
     const bool new_user = i == begin || example.user != skeletons.examples[i - 1].user ||
@@ -642,6 +992,7 @@ DeepRankerExamples materialize(const Featurizer& featurizer, const Catalog& cata
       const UserProfile* profile = timelines.profiles[example.user];
       featurizer.append_user(profile != nullptr ? *profile : no_profile(), before, tokens,
                              example.ts, out);
+      featurizer.cross(tokens, cross);
       // No coarse stage ran in training: what an exact inner-product stage
       // returns for the user vector "mean of the history tokens, normalised
       // to unit length" (a Pipeline's user vector has unit length too; an
@@ -665,7 +1016,12 @@ DeepRankerExamples materialize(const Featurizer& featurizer, const Catalog& cata
       const std::span<const float> v = catalog.vectors().row(example.row);
       for (std::size_t j = 0; j < dim; ++j) coarse += static_cast<double>(v[j]) * mean[j];
     }
-    featurizer.append_candidate(example.row, static_cast<float>(coarse), out.users - 1, out);
+    featurizer.append_candidate(example.row, static_cast<float>(coarse), cross, out.users - 1,
+                                out);
+    const std::size_t width = out.candidate_numeric.size() / out.candidates;
+    featurizer.timed_priors(
+        example.row, example.ts, times,
+        std::span<float>(out.candidate_numeric).subspan(out.candidate_numeric.size() - width));
     const auto labels = skeletons.labels.begin() + static_cast<std::ptrdiff_t>(i * tasks);
     out.labels.insert(out.labels.end(), labels, labels + static_cast<std::ptrdiff_t>(tasks));
     out.ts.push_back(example.ts);
@@ -732,6 +1088,10 @@ class FieldReader {
   // Rejects keys other than `known` (they would mean a newer format).
   void only(const json& object, std::string_view name,
             std::initializer_list<std::string_view> known) const {
+    only(object, name, std::span<const std::string_view>(known.begin(), known.size()));
+  }
+  void only(const json& object, std::string_view name,
+            std::span<const std::string_view> known) const {
     for (const auto& [key, value] : object.items()) {
       if (std::find(known.begin(), known.end(), key) == known.end()) {
         fail(join(name, key), "unknown field (written by a newer funnel?)");
@@ -791,6 +1151,7 @@ class FieldReader {
 struct Workspace {
   DeepRankerBatchStorage batch;
   std::vector<TimelineEvent> tokens;
+  UserCross cross;
 };
 
 // The batch view of a request's storage (one user, its candidates).
@@ -841,7 +1202,10 @@ void DeepFeatureConfig::validate() const {
   for (std::size_t i = 0; i < item_numeric.size(); ++i) {
     detail::require(parse_item_numeric(item_numeric[i]).has_value(),
                     "DeepFeatureConfig.item_numeric[", i, "]: unknown feature '", item_numeric[i],
-                    "' (expected coarse_score, log_price or log_popularity)");
+                    "' (expected coarse_score, log_price, log_popularity, price_vs_category, "
+                    "item_ctr_prior, item_cvr_prior, item_dwell_prior, sim_max, "
+                    "seen_item, purchased_item, category_share, brand_share, brand_purchased or "
+                    "relative_price_gap)");
   }
   detail::require(!item_categorical.empty(),
                   "DeepFeatureConfig.item_categorical is empty (history tokens need one)");
@@ -872,7 +1236,8 @@ struct DeepFineRanker::Impl {
   std::unique_ptr<DeepRankerModel> model;
   DeepFeatureConfig features;
   std::vector<double> price_bounds;
-  std::vector<std::pair<ItemId, double>> popularity;  // event counts of the training period, by id
+  std::vector<ItemCounts> item_counts;  // of the training period, items with events, by id
+  std::int64_t counted_until = std::numeric_limits<std::int64_t>::max();  // the period's end
   std::vector<std::string> objectives;
   std::vector<std::size_t> regression_columns;
   std::optional<Featurizer> featurizer;
@@ -882,13 +1247,14 @@ struct DeepFineRanker::Impl {
 
   // Binds the model to the catalogue (precomputes item features).
   void bind() {
-    std::vector<double> counts(catalog->size(), 0.0);
-    for (const auto& [id, count] : popularity) {
-      const std::size_t row = catalog->index_of(id);
-      if (row != Catalog::npos) counts[row] = count;
+    std::vector<ItemCounts> counts(catalog->size());
+    for (const ItemCounts& c : item_counts) {
+      const std::size_t row = catalog->index_of(c.id);
+      if (row != Catalog::npos) counts[row] = c;
     }
     const DeepRankerConfig& config = model->config();
-    featurizer.emplace(*catalog, features, config, price_bounds, counts);
+    featurizer.emplace(*catalog, features, config, price_bounds, counts,
+                       GlobalRates::of(item_counts));
     for (std::size_t t = 0; t < config.tasks.size(); ++t) {
       objectives.push_back(config.tasks[t].name);
       if (config.tasks[t].kind == DeepTaskKind::regression) regression_columns.push_back(t);
@@ -961,6 +1327,7 @@ void DeepFineRanker::score(const UserContext& user, std::span<const Candidate> c
   batch.candidate_categorical.clear();
   batch.candidate_numeric.clear();
   std::size_t oov = featurizer.append_user(user.profile, history_events, tokens, now, batch);
+  featurizer.cross(tokens, workspace.cross);
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     const Candidate& candidate = candidates[i];
     const std::size_t row = catalog.index_of(candidate.id);
@@ -968,7 +1335,7 @@ void DeepFineRanker::score(const UserContext& user, std::span<const Candidate> c
                     candidate.id, ", which is not in the catalogue");
     detail::require(std::isfinite(candidate.coarse_score), "DeepFineRanker::score: candidate ", i,
                     " (item ", candidate.id, ") has a non-finite coarse_score");
-    oov += featurizer.append_candidate(row, candidate.coarse_score, 0, batch);
+    oov += featurizer.append_candidate(row, candidate.coarse_score, workspace.cross, 0, batch);
   }
   if (!candidates.empty()) {
     impl_->model->forward(request_batch(batch), scores);
@@ -997,11 +1364,16 @@ DeepRankerExamples DeepFineRanker::build_examples(std::span<const Event> events,
   const std::size_t n_validation =
       validation != nullptr ? validation_size(n, config.validation_fraction) : 0;
   const std::size_t n_train = n - n_validation;
+  // Rate priors of examples inside the model's counted period count the
+  // events of this log before them, as in training.
+  ItemEventTimes times;
+  count_events(catalog, timelines, impl_->counted_until, &times);
   if (validation != nullptr) {
-    *validation =
-        materialize(*impl_->featurizer, catalog, timelines, skeletons, n_train, n, labels.size());
+    *validation = materialize(*impl_->featurizer, catalog, timelines, skeletons, times, n_train, n,
+                              labels.size());
   }
-  return materialize(*impl_->featurizer, catalog, timelines, skeletons, 0, n_train, labels.size());
+  return materialize(*impl_->featurizer, catalog, timelines, skeletons, times, 0, n_train,
+                     labels.size());
 }
 
 std::unique_ptr<DeepFineRanker> DeepFineRanker::train(std::shared_ptr<const Catalog> catalog,
@@ -1034,12 +1406,8 @@ std::unique_ptr<DeepFineRanker> DeepFineRanker::train(std::shared_ptr<const Cata
   // The training period ends where the held-out examples begin.
   const std::int64_t period_end =
       n_validation > 0 ? skeletons.examples[n_train].ts : std::numeric_limits<std::int64_t>::max();
-  std::vector<double> counts(catalog->size(), 0.0);
-  for (const std::vector<TimelineEvent>& timeline : timelines.events) {
-    for (const TimelineEvent& e : timeline) {
-      if (e.ts < period_end) counts[e.row] += 1.0;
-    }
-  }
+  ItemEventTimes times;
+  const std::vector<ItemCounts> counts = count_events(*catalog, timelines, period_end, &times);
   std::vector<double> price_bounds = price_band_bounds(*catalog);
 
   // Vocabularies and the missing-value fill of profile numerics, from the
@@ -1102,11 +1470,12 @@ std::unique_ptr<DeepFineRanker> DeepFineRanker::train(std::shared_ptr<const Cata
       features.item_categorical.begin());
   model.validate();
 
-  const Featurizer featurizer(*catalog, features, model, price_bounds, counts);
+  const Featurizer featurizer(*catalog, features, model, price_bounds, counts,
+                              GlobalRates::of(counts));
   const DeepRankerExamples training =
-      materialize(featurizer, *catalog, timelines, skeletons, 0, n_train, labels.size());
+      materialize(featurizer, *catalog, timelines, skeletons, times, 0, n_train, labels.size());
   const DeepRankerExamples validation =
-      materialize(featurizer, *catalog, timelines, skeletons, n_train, n, labels.size());
+      materialize(featurizer, *catalog, timelines, skeletons, times, n_train, n, labels.size());
 
   // Standardisation over the training examples (per example, so a user's
   // values count once per impression).
@@ -1142,10 +1511,12 @@ std::unique_ptr<DeepFineRanker> DeepFineRanker::train(std::shared_ptr<const Cata
   impl->model = DeepRankerModel::create(std::move(model), std::move(parameters), serve);
   impl->features = features;
   impl->price_bounds = std::move(price_bounds);
-  for (std::size_t r = 0; r < counts.size(); ++r) {
-    if (counts[r] > 0.0) impl->popularity.emplace_back(impl->catalog->items()[r].id, counts[r]);
+  for (const ItemCounts& c : counts) {
+    if (c.events > 0.0) impl->item_counts.push_back(c);
   }
-  std::sort(impl->popularity.begin(), impl->popularity.end());
+  std::sort(impl->item_counts.begin(), impl->item_counts.end(),
+            [](const ItemCounts& a, const ItemCounts& b) { return a.id < b.id; });
+  impl->counted_until = period_end;
   impl->bind();
   return std::unique_ptr<DeepFineRanker>(new DeepFineRanker(std::move(impl)));
 }
@@ -1180,11 +1551,30 @@ void DeepFineRanker::save(const std::filesystem::path& dir) const {
   document["price_band_bounds"] = impl_->price_bounds;
   json items = json::array();
   json counts = json::array();
-  for (const auto& [id, count] : impl_->popularity) {
-    items.push_back(id);
-    counts.push_back(count);
+  json views = json::array();
+  json clicks = json::array();
+  json purchases = json::array();
+  json dwells = json::array();
+  json log_dwell_sum = json::array();
+  for (const ItemCounts& c : impl_->item_counts) {
+    items.push_back(c.id);
+    counts.push_back(c.events);
+    views.push_back(c.views);
+    clicks.push_back(c.clicks);
+    purchases.push_back(c.purchases);
+    dwells.push_back(c.dwells);
+    log_dwell_sum.push_back(c.log_dwell_sum);
   }
-  document["popularity"] = {{"items", std::move(items)}, {"counts", std::move(counts)}};
+  document["popularity"] = {{"items", std::move(items)},
+                            {"counts", std::move(counts)},
+                            {"views", std::move(views)},
+                            {"clicks", std::move(clicks)},
+                            {"purchases", std::move(purchases)},
+                            {"dwells", std::move(dwells)},
+                            {"log_dwell_sum", std::move(log_dwell_sum)}};
+  document["counted_until_ts"] =
+      impl_->counted_until == std::numeric_limits<std::int64_t>::max() ? json(nullptr)
+                                                                       : json(impl_->counted_until);
   document["checksum"] = document_checksum(document);
   detail::write_file_atomic(dir / kFeaturesFile, document.dump(1) + "\n");
 }
@@ -1214,9 +1604,9 @@ std::unique_ptr<DeepFineRanker> DeepFineRanker::load(const std::filesystem::path
     read.fail("format", detail::cat("expected '", kFormatName, "', got '", format, "'"));
   }
   const std::int64_t version = read.integer(read.member(document, "", "version"), "version");
-  if (version != kFormatVersion) {
+  if (version != 1 && version != kFormatVersion) {
     read.fail("version",
-              detail::cat("unsupported version ", version, ", expected ", kFormatVersion));
+              detail::cat("unsupported version ", version, ", expected 1 or ", kFormatVersion));
   }
   const std::string checksum = read.string(read.member(document, "", "checksum"), "checksum");
   const std::string actual = document_checksum(document);
@@ -1225,9 +1615,15 @@ std::unique_ptr<DeepFineRanker> DeepFineRanker::load(const std::filesystem::path
               detail::cat("mismatch: the file says ", checksum, ", its content hashes to ", actual,
                           " (the file is damaged or was edited)"));
   }
-  read.only(document, "",
-            {"format", "version", "features", "vocab_sizes", "item_vector_dim", "price_band_bounds",
-             "popularity", "checksum"});
+  if (version == 1) {
+    read.only(document, "",
+              {"format", "version", "features", "vocab_sizes", "item_vector_dim",
+               "price_band_bounds", "popularity", "checksum"});
+  } else {
+    read.only(document, "",
+              {"format", "version", "features", "vocab_sizes", "item_vector_dim",
+               "price_band_bounds", "popularity", "counted_until_ts", "checksum"});
+  }
 
   // The feature config: valid, and the model's features in the model's order.
   const json& fj = read.member(document, "", "features");
@@ -1328,25 +1724,48 @@ std::unique_ptr<DeepFineRanker> DeepFineRanker::load(const std::filesystem::path
   }
 
   const json& popularity = read.member(document, "", "popularity");
-  read.only(popularity, "popularity", {"items", "counts"});
+  // Per-item count arrays (version 1: events only).
+  const std::vector<std::pair<const char*, double ItemCounts::*>> columns =
+      version == 1 ? std::vector<std::pair<const char*, double ItemCounts::*>>{{"counts",
+                                                                               &ItemCounts::events}}
+                   : std::vector<std::pair<const char*, double ItemCounts::*>>{
+                         {"counts", &ItemCounts::events},
+                         {"views", &ItemCounts::views},
+                         {"clicks", &ItemCounts::clicks},
+                         {"purchases", &ItemCounts::purchases},
+                         {"dwells", &ItemCounts::dwells},
+                         {"log_dwell_sum", &ItemCounts::log_dwell_sum}};
+  std::vector<std::string_view> popularity_fields{"items"};
+  for (const auto& [name, member] : columns) popularity_fields.emplace_back(name);
+  read.only(popularity, "popularity", popularity_fields);
   const json& items =
       read.array(read.member(popularity, "popularity", "items"), "popularity.items");
-  const json& counts =
-      read.array(read.member(popularity, "popularity", "counts"), "popularity.counts");
-  if (counts.size() != items.size()) {
-    read.fail("popularity.counts",
-              detail::cat("has ", counts.size(), " values for ", items.size(), " items"));
-  }
   std::unordered_map<ItemId, std::size_t> seen;
+  impl->item_counts.resize(items.size());
   for (std::size_t i = 0; i < items.size(); ++i) {
     const std::string at = detail::cat("popularity.items[", i, "]");
     const ItemId id = read.integer(items[i], at);
     if (const auto [it, inserted] = seen.emplace(id, i); !inserted) {
       read.fail(at, detail::cat("item ", id, " repeats items[", it->second, "]"));
     }
-    const double count = read.number(counts[i], detail::cat("popularity.counts[", i, "]"));
-    if (count < 0.0) read.fail(detail::cat("popularity.counts[", i, "]"), "must be >= 0");
-    impl->popularity.emplace_back(id, count);
+    impl->item_counts[i].id = id;
+  }
+  for (const auto& [name, member] : columns) {
+    const std::string field = detail::cat("popularity.", name);
+    const json& values = read.array(read.member(popularity, "popularity", name), field);
+    if (values.size() != items.size()) {
+      read.fail(field, detail::cat("has ", values.size(), " values for ", items.size(), " items"));
+    }
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const std::string at = detail::cat(field, "[", i, "]");
+      const double value = read.number(values[i], at);
+      if (!(value >= 0.0)) read.fail(at, "must be >= 0");
+      impl->item_counts[i].*member = value;
+    }
+  }
+  if (version >= 2) {
+    const json& until = read.member(document, "", "counted_until_ts");
+    if (!until.is_null()) impl->counted_until = read.integer(until, "counted_until_ts");
   }
 
   detail::require(catalog->vector_dim() == config.item_vector_dim, "DeepFineRanker::load(",

@@ -157,6 +157,7 @@ constexpr std::uint32_t kFirstPlainStage = 5;
 constexpr std::uint32_t kGateStage = 6;
 constexpr std::uint32_t kExpertStage = 0x100;  // + layer
 constexpr std::uint32_t kTowerStage = 0x200;   // + layer
+constexpr std::uint32_t kTowerF32Stage = 0x300;  // + layer
 
 // One weight matrix (and bias) in its stage's layout.
 struct Linear {
@@ -320,6 +321,12 @@ struct DeepRankerModel::Impl {
   Stage user_stage, kv_stage, q_stage, first_fused, first_plain, gate_stage;
   std::vector<Stage> expert_stages;  // [l], l >= 1 ([0] unused)
   std::vector<Stage> tower_stages;   // hidden tower layers
+  // bf16 precision: the hidden tower layers again in f32, for the towers
+  // of regression tasks (an unbounded output has no sigmoid to shrink the
+  // rounding error of bf16 products; these towers are a small share of the
+  // work). Empty in fp32 precision.
+  std::vector<Stage> tower_stages_f32;
+  std::vector<bool> f32_tower;  // [t]: the task's tower runs tower_stages_f32
   Linear user_w, kv_w, q_w, gate_w;
   std::vector<Linear> first_w;                // [e]
   std::vector<std::vector<Linear>> expert_w;  // [e][l], l >= 1
@@ -507,6 +514,15 @@ void DeepRankerModel::Impl::prepare() {
     init_stage(tower_stages[l], kTowerStage + static_cast<std::uint32_t>(l), in, c.tower_hidden[l],
                in, act, l + 1 == tower_layers ? Dt::f32 : act, true, true);
   }
+  tower_stages_f32.clear();
+  if (act != Dt::f32) {
+    tower_stages_f32.resize(tower_layers);
+    for (std::size_t l = 0; l < tower_layers; ++l) {
+      const std::size_t in = l == 0 ? hl : c.tower_hidden[l - 1];
+      init_stage(tower_stages_f32[l], kTowerF32Stage + static_cast<std::uint32_t>(l), in,
+                 c.tower_hidden[l], in, Dt::f32, Dt::f32, true, true);
+    }
+  }
 
   // The user part of the first expert layer and of the gates, and its bias.
   user_bias.clear();
@@ -585,12 +601,15 @@ void DeepRankerModel::Impl::prepare() {
     }
   }
   tower_w.assign(tasks, {});
+  f32_tower.assign(tasks, false);
   logit_w.clear();
   logit_b.clear();
   for (std::size_t t = 0; t < tasks; ++t) {
     const std::string& name = c.tasks[t].name;
+    f32_tower[t] = !tower_stages_f32.empty() && c.tasks[t].kind == DeepTaskKind::regression;
+    const std::vector<Stage>& stages = f32_tower[t] ? tower_stages_f32 : tower_stages;
     for (std::size_t l = 0; l < tower_layers; ++l) {
-      tower_w[t].push_back(make_linear(tower_stages[l],
+      tower_w[t].push_back(make_linear(stages[l],
                                        param(detail::cat("tower.", name, ".", l, ".weight")).values,
                                        param(detail::cat("tower.", name, ".", l, ".bias")).values));
     }
@@ -877,9 +896,9 @@ void DeepRankerModel::Impl::forward(const DeepRankerBatch& batch, MatrixView<flo
     }
     const float* y = y_out;
 
-    // Tower input: the mixture (mmoe, per task) or y itself (shared_bottom).
-    const Dt tower_in = tower_layers > 0 ? act : Dt::f32;
-    auto mixture = [&](std::size_t t) {
+    // Tower input: the mixture (mmoe, per task) or y itself (shared_bottom),
+    // in the precision of the task's tower.
+    auto mixture = [&](std::size_t t, Dt tower_in) {
       for_rows(m, parallel, [&](std::size_t i) {
         std::byte* out = mix + i * hl * dt_size(tower_in);
         if (i >= rows) {
@@ -895,20 +914,23 @@ void DeepRankerModel::Impl::forward(const DeepRankerBatch& batch, MatrixView<flo
         }
       });
     };
+    const Dt tower_act = tower_layers > 0 ? act : Dt::f32;
     const std::byte* shared_in = reinterpret_cast<const std::byte*>(y);
-    if (!mmoe && tower_in == Dt::bf16) {
+    if (!mmoe && tower_act == Dt::bf16) {
       bert::to_bf16(isa, y, reinterpret_cast<std::uint16_t*>(mix), m * hl);
       shared_in = mix;
     }
     for (std::size_t t = 0; t < tasks; ++t) {
-      const std::byte* z = shared_in;
+      const Dt tower_in = f32_tower[t] ? Dt::f32 : tower_act;
+      const std::byte* z = tower_in == Dt::f32 ? reinterpret_cast<const std::byte*>(y) : shared_in;
       if (mmoe) {
-        mixture(t);
+        mixture(t, tower_in);
         z = mix;
       }
+      const std::vector<Stage>& stages = f32_tower[t] ? tower_stages_f32 : tower_stages;
       for (std::size_t l = 0; l < tower_layers; ++l) {
         std::byte* out = z_buf[l % 2];
-        run(ws, tower_stages[l], tower_w[t][l], m, z, out);
+        run(ws, stages[l], tower_w[t][l], m, z, out);
         z = out;
       }
       // z is f32 here: the last hidden layer's output, or the f32 tower input.

@@ -192,13 +192,17 @@ class HistoryMean {
     return next_;
   }
 
-  // The item's vector . the mean vector (0 without history).
+  // The item's vector . the mean vector normalised to unit length (0
+  // without history or when the mean is the zero vector).
   [[nodiscard]] float coarse_score(ItemId item) const {
     if (next_ == 0) return 0.0F;
+    double norm = 0.0;
+    for (const double s : sum_) norm += s * s;
+    if (!(norm > 0.0)) return 0.0F;
     const std::span<const float> v = catalog_.vector(item);
     double dot = 0.0;
     for (std::size_t d = 0; d < sum_.size(); ++d) dot += static_cast<double>(v[d]) * sum_[d];
-    return static_cast<float>(dot / static_cast<double>(next_));
+    return static_cast<float>(dot / std::sqrt(norm));
   }
 
  private:

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -143,6 +144,11 @@ constexpr std::size_t kUsers = 24;
 DeepFineRankerTrainConfig small_config() {
   DeepFineRankerTrainConfig c;
   c.features.user_numeric = {"log_history_events", "tenure"};
+  c.features.item_numeric = {"coarse_score",     "log_price",          "log_popularity",
+                             "price_vs_category", "item_ctr_prior",    "item_cvr_prior",
+                             "item_dwell_prior", "sim_max",            "seen_item",
+                             "purchased_item",   "category_share",     "brand_share",
+                             "brand_purchased",  "relative_price_gap"};
   c.features.embedding_dim = 4;
   c.model.history_length = 4;
   c.model.attention_dim = 4;
@@ -249,6 +255,19 @@ std::pair<std::vector<std::int32_t>, std::vector<float>> inputs_of(const DeepRan
   floats.insert(floats.end(), ex.candidate_numeric.begin() + i * nin,
                 ex.candidate_numeric.begin() + (i + 1) * nin);
   return {ints, floats};
+}
+
+// log(1 + price) of item k minus the median of its category's ten log
+// prices (the mean of the 5th and 6th); nullopt for the mystery item.
+std::optional<double> hand_price_vs_category(std::size_t k) {
+  if (k >= kPriced) return std::nullopt;
+  const std::size_t category = k / kPerCategory;
+  std::vector<double> lp;
+  for (std::size_t j = category * kPerCategory; j < (category + 1) * kPerCategory; ++j) {
+    lp.push_back(std::log1p(5.0 * static_cast<double>(1 + price_rank(j))));
+  }
+  std::sort(lp.begin(), lp.end());
+  return std::log1p(5.0 * static_cast<double>(1 + price_rank(k))) - 0.5 * (lp[4] + lp[5]);
 }
 
 DeepExampleConfig all_examples() {
@@ -645,6 +664,157 @@ TEST_CASE("DeepFineRanker features match hand computations", "[deep_fine]") {
             Approx(std::log1p(static_cast<double>(want.events))));
     }
   }
+}
+
+TEST_CASE("DeepFineRanker cross features match hand computations", "[deep_fine]") {
+  const DeepFineRanker& ranker = shared_ranker();
+  const funnel::DeepRankerConfig& config = ranker.model().config();
+  const std::size_t nin = config.item_numeric.size();
+  REQUIRE(config.history_length == 4);
+  // Tokens at kT (the latest four events before it): 101 view (cat0,
+  // brand1), 104 purchase (cat0, brand1), 112 click (cat1, brand0), 140 view
+  // (no category, brand or price). An older purchase of 133 falls out of
+  // the window, so brand0 counts as purchased only through no token.
+  const std::vector<Event> log{
+      {"x1", 133, EventType::purchase, std::nullopt, kT - 900},
+      {"x1", 101, EventType::view, std::nullopt, kT - 500},
+      {"x1", 104, EventType::purchase, std::nullopt, kT - 400},
+      {"x1", 112, EventType::click, 4.0, kT - 300},
+      {"x1", 140, EventType::view, std::nullopt, kT - 200},
+      {"x1", 101, EventType::view, std::nullopt, kT},
+      {"x1", 104, EventType::view, std::nullopt, kT},
+      {"x1", 107, EventType::view, std::nullopt, kT},
+      {"x1", 115, EventType::view, std::nullopt, kT},
+      {"x1", 125, EventType::view, std::nullopt, kT},
+      {"x1", 140, EventType::view, std::nullopt, kT},
+      {"x1", 133, EventType::view, std::nullopt, kT},
+      {"x2", 101, EventType::view, std::nullopt, kT},  // no history: every cross feature 0
+  };
+  const DeepRankerExamples ex = ranker.build_examples(log, {}, all_examples(), nullptr);
+  const std::vector<std::size_t> tokens{1, 4, 12, kPriced};  // item indices k
+  // The user's mean price_vs_category: over 101, 104 and 112 (140 has none).
+  const double user_pvc = (*hand_price_vs_category(1) + *hand_price_vs_category(4) +
+                           *hand_price_vs_category(12)) /
+                          3.0;
+  struct Expect {
+    std::size_t k;
+    double seen, purchased, category_share, brand_share, brand_purchased;
+  };
+  const std::vector<Expect> expectations{
+      {1, 1, 0, 0.5, 0.5, 1},  {4, 1, 1, 0.5, 0.5, 1},     {7, 0, 0, 0.5, 0.5, 1},
+      {15, 0, 0, 0.25, 0.25, 0}, {25, 0, 0, 0, 0.5, 1}, {kPriced, 1, 0, 0, 0, 0},
+      {33, 0, 0, 0, 0.25, 0},
+  };
+  for (const Expect& want : expectations) {
+    INFO("item " << item_of(want.k));
+    const std::size_t row = find_example(ex, kT, item_of(want.k));
+    const float* num = &ex.candidate_numeric[row * nin];
+    CHECK(num[column(config.item_numeric, "seen_item")] == want.seen);
+    CHECK(num[column(config.item_numeric, "purchased_item")] == want.purchased);
+    CHECK(num[column(config.item_numeric, "category_share")] == Approx(want.category_share));
+    CHECK(num[column(config.item_numeric, "brand_share")] == Approx(want.brand_share));
+    CHECK(num[column(config.item_numeric, "brand_purchased")] == want.brand_purchased);
+    // sim_max: the best inner product with a token of another item.
+    double best = -1e300;
+    for (const std::size_t t : tokens) {
+      if (t == want.k) continue;
+      double dot = 0.0;
+      for (std::size_t d = 0; d < kDim; ++d) {
+        dot += static_cast<double>(vector_of(item_of(want.k))[d]) * vector_of(item_of(t))[d];
+      }
+      best = std::max(best, dot);
+    }
+    CHECK(num[column(config.item_numeric, "sim_max")] == Approx(best).margin(1e-5));
+    const std::optional<double> pvc = hand_price_vs_category(want.k);
+    CHECK(num[column(config.item_numeric, "price_vs_category")] ==
+          Approx(pvc.value_or(0.0)).margin(1e-6));
+    CHECK(num[column(config.item_numeric, "relative_price_gap")] ==
+          Approx(pvc ? *pvc - user_pvc : 0.0).margin(1e-6));
+  }
+  const std::size_t lonely = [&] {
+    for (std::size_t i = 0; i < ex.candidates; ++i) {
+      const auto u = static_cast<std::size_t>(ex.candidate_user[i]);
+      if (ex.history_offsets[u + 1] == ex.history_offsets[u]) return i;
+    }
+    FAIL("no example without history");
+    return std::size_t{0};
+  }();
+  for (const char* name : {"sim_max", "seen_item", "purchased_item", "category_share",
+                           "brand_share", "brand_purchased", "relative_price_gap"}) {
+    INFO(name);
+    CHECK(ex.candidate_numeric[lonely * nin + column(config.item_numeric, name)] == 0.0F);
+  }
+}
+
+TEST_CASE("DeepFineRanker rate priors count only the events before an example", "[deep_fine]") {
+  const DeepFineRanker& ranker = shared_ranker();
+  const funnel::DeepRankerConfig& config = ranker.model().config();
+  const std::size_t nin = config.item_numeric.size();
+  const std::size_t ctr_col = column(config.item_numeric, "item_ctr_prior");
+  const std::size_t cvr_col = column(config.item_numeric, "item_cvr_prior");
+  const std::size_t dwell_col = column(config.item_numeric, "item_dwell_prior");
+  // The training period ends at the first held-out view (the latest 10%).
+  std::vector<std::int64_t> view_ts;
+  for (const Event& e : training_log()) {
+    if (e.type == EventType::view) view_ts.push_back(e.ts);
+  }
+  std::sort(view_ts.begin(), view_ts.end());
+  const std::size_t n = view_ts.size();
+  const std::size_t held_out =
+      std::clamp<std::size_t>(static_cast<std::size_t>(std::llround(0.1 * double(n))), 1, n - 1);
+  const std::int64_t period_end = view_ts[n - held_out];
+
+  struct Counts {
+    double views = 0, clicks = 0, purchases = 0, dwells = 0, log_dwell = 0;
+  };
+  const auto count = [&](ItemId item, std::int64_t before) {
+    Counts c;
+    for (const Event& e : training_log()) {
+      if (e.ts >= before || e.ts >= period_end || (item != funnel::kNoItem && e.item != item)) {
+        continue;
+      }
+      c.views += e.type == EventType::view;
+      c.clicks += e.type == EventType::click;
+      c.purchases += e.type == EventType::purchase;
+      if (e.type == EventType::click && e.dwell_s) {
+        c.dwells += 1;
+        c.log_dwell += std::log1p(*e.dwell_s);
+      }
+    }
+    return c;
+  };
+  const Counts all = count(funnel::kNoItem, period_end);
+  const double g_ctr = all.clicks / all.views;
+  const double g_cvr = all.purchases / all.clicks;
+  const double g_dwell = all.log_dwell / all.dwells;
+  const auto logit = [](double p) { return std::log(p / (1.0 - p)); };
+
+  const DeepRankerExamples ex =
+      ranker.build_examples(training_log(), synthetic_users(kUsers), all_examples(), nullptr);
+  REQUIRE(ex.candidates == n);
+  std::size_t inside = 0;
+  std::size_t after = 0;
+  for (std::size_t i = 0; i < ex.candidates; i += 7) {
+    const ItemId item = candidate_item(ex, i);
+    INFO("example " << i << " at " << ex.ts[i] << ", item " << item);
+    // Inside the period: the events before the example; after it: all of the period.
+    const Counts c = count(item, std::min(ex.ts[i], period_end));
+    (ex.ts[i] < period_end ? inside : after) += 1;
+    const float* num = &ex.candidate_numeric[i * nin];
+    CHECK(num[ctr_col] == Approx(logit((c.clicks + 20 * g_ctr) / (c.views + 20))).margin(1e-5));
+    CHECK(num[cvr_col] ==
+          Approx(logit((c.purchases + 20 * g_cvr) / (c.clicks + 20))).margin(1e-5));
+    CHECK(num[dwell_col] == Approx((c.log_dwell + 20 * g_dwell) / (c.dwells + 20)).margin(1e-5));
+  }
+  CHECK(inside > 10);
+  CHECK(after > 2);
+
+  // After the period (as at serving time): the whole period's counts.
+  const std::vector<Event> late_log{{"late", item_of(3), EventType::view, std::nullopt, kT}};
+  const DeepRankerExamples late = ranker.build_examples(late_log, {}, all_examples(), nullptr);
+  const Counts c = count(item_of(3), period_end);
+  CHECK(late.candidate_numeric[ctr_col] ==
+        Approx(logit((c.clicks + 20 * g_ctr) / (c.views + 20))).margin(1e-5));
 }
 
 TEST_CASE("DeepFineRanker samples negatives for a purchases-only log", "[deep_fine]") {

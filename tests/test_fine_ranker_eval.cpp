@@ -262,7 +262,7 @@ TEST_CASE("evaluate_fine_ranker: labels, metrics and ranking on a hand-built log
   CHECK(report.ndcg == Approx((1.0 + 1.0 / std::log2(3.0)) / 2.0));
   CHECK(report.recall == Approx(1.0));
 
-  // Histories and coarse scores (item vector . mean history vector).
+  // Histories and coarse scores (item vector . unit-length mean history vector).
   REQUIRE(ranker.calls.size() == 7);  // 5 impression requests + 2 ranking requests
   {
     // a before 100: 3 events of item 1 -> mean (1,0).
@@ -273,11 +273,12 @@ TEST_CASE("evaluate_fine_ranker: labels, metrics and ranking on a hand-built log
     CHECK(call.coarse == std::vector<float>{0.0F, 1.0F});
   }
   {
-    // a before 120: item 1 x3, item 2 x3, item 3 x2 -> mean (5/8, 5/8).
+    // a before 120: item 1 x3, item 2 x3, item 3 x2 -> mean (5/8, 5/8),
+    // unit length (1, 1) / sqrt(2); item 3 = (1, 1).
     const Call& call = find_call(ranker, "a", 120, 1);
     CHECK(call.history == 8);
     CHECK(call.last_history_ts == 111);
-    CHECK(call.coarse[0] == Approx(1.25));
+    CHECK(call.coarse[0] == Approx(std::sqrt(2.0)));
   }
   {
     // b before 130: the view of item 2 -> mean (0,1); item 99 is skipped.
@@ -288,10 +289,11 @@ TEST_CASE("evaluate_fine_ranker: labels, metrics and ranking on a hand-built log
     CHECK(call.coarse == std::vector<float>{0.0F, 1.0F});
   }
   {
-    // b before 140: (0,1) + (1,0) + (1,1) + (1,0) = (3,2), mean (3/4, 1/2).
+    // b before 140: (0,1) + (1,0) + (1,1) + (1,0) = (3,2), mean (3/4, 1/2),
+    // unit length (3, 2) / sqrt(13); item 4 = (2, 0).
     const Call& call = find_call(ranker, "b", 140, 1);
     CHECK(call.history == 4);
-    CHECK(call.coarse[0] == Approx(1.5));
+    CHECK(call.coarse[0] == Approx(6.0 / std::sqrt(13.0)));
   }
   {
     const Call& call = find_call(ranker, "c", 200, 1);

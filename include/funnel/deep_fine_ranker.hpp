@@ -32,7 +32,26 @@
 ///   history-only unit user vector such as the Pipeline's; the mean is the
 ///   plain mean of the history tokens' vectors, 0 without history), "log_price" (log(1 + price), 0
 ///   when unknown), "log_popularity" (log(1 + events of the item in the training period: every
-///   event type counts 1, events before the first held-out example)).
+///   event type counts 1, events before the first held-out example)),
+///   "price_vs_category" (log(1 + price) minus the median log(1 + price) of the catalogue's
+///   priced items of its category, the mean of the middle two for an even count; 0 without a
+///   price or a category), and the item's rate priors, as the logistic ranker defines them
+///   (m = 20): "item_ctr_prior" logit((clicks + m g_ctr) / (views + m)), "item_cvr_prior"
+///   logit((purchases + m g_cvr) / (clicks + m)) (rates clamped to [1e-6, 1 - 1e-6] before the
+///   logit), "item_dwell_prior" (sum of log(1 + dwell_s) + m g_dwell) / (dwells + m); counts
+///   are the item's events of every user in the training period (dwells: clicks with a
+///   dwell_s), g the global rates over all counted items. A training example inside that
+///   period counts only the events strictly before it (never its own outcome); at serving
+///   time, and for later examples, the whole period counts.
+///   User-item cross features, from the same history tokens the attention sees (T = their
+///   number; 0 without tokens): "sim_max" (the largest v(x) . v(h) over tokens h of another
+///   item than the candidate x, float accumulation), "seen_item" (1 when x is a token's item),
+///   "purchased_item" (1 when a purchase token is x), "category_share" / "brand_share" (share
+///   of the T tokens whose item has x's category / brand; 0 when x has none), "brand_purchased"
+///   (1 when a purchase token's item has x's brand), "relative_price_gap" (x's
+///   price_vs_category minus the mean price_vs_category of the distinct token items that have
+///   one; 0 when either is missing). These are what the logistic ranker's best features say,
+///   given to the network directly instead of being left for the attention to rediscover.
 /// History tokens: the user's most recent history_length events before the
 ///   request (of items the catalogue knows), oldest first: the item's
 ///   catalogue vector, its history-category index, the event type and the
@@ -70,15 +89,18 @@
 ///
 /// ## Files
 /// save() writes the DeepRankerModel directory plus `features.json`
-/// (format "funnel.deep_fine_ranker", version 1: DeepFeatureConfig,
-/// price-band bounds, item popularity counts, checksum):
+/// (format "funnel.deep_fine_ranker", version 2: DeepFeatureConfig,
+/// price-band bounds, per-item counts of the training period, the period's
+/// end, checksum; version 1 files, with event counts only, still load):
 ///   {"format": "funnel.deep_fine_ranker", "version": 1,
 ///    "features": {"user_categorical": [...], "user_numeric": [...],
 ///                 "item_categorical": [...], "item_numeric": [...],
 ///                 "history_category": "category", "embedding_dim": 16, "min_count": 1},
 ///    "vocab_sizes": {"user_categorical": [n, ...], "item_categorical": [n, ...]},
 ///    "item_vector_dim": 64, "price_band_bounds": [9 numbers, or none],
-///    "popularity": {"items": [ids...], "counts": [...]},
+///    "popularity": {"items": [ids...], "counts": [...], "views": [...], "clicks": [...],
+///                   "purchases": [...], "dwells": [...], "log_dwell_sum": [...]},
+///    "counted_until_ts": ts or null (the training period's end; null: no held-out examples),
 ///    "checksum": "<checksum64 hex of the document without this field>"}
 /// load() checks the checksum, then validates the file against the model's
 /// config (every feature name known and the model's, in its order;
@@ -109,7 +131,11 @@ struct DeepFeatureConfig {
   std::vector<std::string> user_categorical = {"age_band", "gender", "location"};
   std::vector<std::string> user_numeric = {"log_history_events"};
   std::vector<std::string> item_categorical = {"category", "brand", "price_band"};
-  std::vector<std::string> item_numeric = {"coarse_score", "log_price", "log_popularity"};
+  std::vector<std::string> item_numeric = {
+      "coarse_score",   "log_price",      "log_popularity",   "price_vs_category",
+      "item_ctr_prior", "item_cvr_prior", "item_dwell_prior", "sim_max",
+      "seen_item",      "purchased_item", "category_share",   "brand_share",
+      "brand_purchased", "relative_price_gap"};
   std::string history_category =
       "category";                  ///< which item categorical feature history tokens carry
   std::size_t embedding_dim = 16;  ///< width of every categorical embedding

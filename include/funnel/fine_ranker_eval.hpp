@@ -13,9 +13,11 @@
 /// of one user with the same ts form one request: the ranker scores them in
 /// one score() call with a UserContext of the user's profile and all events
 /// strictly before that ts, now_ts = ts, and coarse_score = the inner
-/// product of the item's vector with the mean vector of that history (0
-/// without history; what an exact inner-product stage returns for a
-/// history-only user vector).
+/// product of the item's vector with the mean vector of that history
+/// normalised to unit length (0 without history; what an exact
+/// inner-product stage returns for a history-only user vector, which the
+/// Pipeline normalises, and what both trainers use where no coarse stage
+/// ran).
 ///  - objective "ctr" (or any objective whose label is "click"): AUC and
 ///    log-loss over all impressions against the click label;
 ///  - "cvr" (label "purchase" given click): AUC and log-loss over clicked

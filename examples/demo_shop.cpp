@@ -58,7 +58,7 @@ struct Args {
   std::string index = "ivf";
   std::size_t nprobe = 16;
   std::size_t interests = 1;
-  std::string fine = "logistic";
+  std::string fine = "deep";
   std::string body = "mmoe";
   std::size_t epochs = 8;
   std::size_t threads = 2;
@@ -84,9 +84,9 @@ void usage(std::FILE* out) {
       "  --nprobe N          lists probed per query by the IVF index (default 16)\n"
       "  --interests N       user vectors per request, one per interest cluster of the\n"
       "                      history, merged round robin (default 1)\n"
-      "  --fine deep|logistic  the Pipeline's fine ranker (default logistic: on this shop\n"
-      "                      the deep ranker does not beat it yet; the logistic one is\n"
-      "                      always trained too, as the baseline column)\n"
+      "  --fine deep|logistic  the Pipeline's fine ranker (default deep: the multi-task\n"
+      "                      DeepFineRanker; the logistic one is always trained too, as\n"
+      "                      the baseline column)\n"
       "  --body mmoe|shared_bottom  body of the deep ranker (default mmoe)\n"
       "  --epochs N          deep ranker: training epochs at most (default 8)\n"
       "  --threads N         deep ranker: training threads (default 2)\n");

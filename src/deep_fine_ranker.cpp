@@ -78,9 +78,7 @@ enum class ItemNumericKind : std::uint8_t {
 };
 
 // Whether a numeric item feature depends on the user's history tokens.
-constexpr bool is_cross(ItemNumericKind kind) noexcept {
-  return kind >= ItemNumericKind::sim_max;
-}
+constexpr bool is_cross(ItemNumericKind kind) noexcept { return kind >= ItemNumericKind::sim_max; }
 
 // Whether a numeric item feature is a rate prior (time-dependent in training).
 constexpr bool is_prior(ItemNumericKind kind) noexcept {
@@ -243,7 +241,8 @@ std::vector<std::optional<double>> price_vs_category(const Catalog& catalog) {
   for (auto& [category, values] : by_category) {
     std::sort(values.begin(), values.end());
     const std::size_t n = values.size();
-    median.emplace(category, n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]));
+    median.emplace(category,
+                   n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]));
   }
   std::vector<std::optional<double>> out(items.size());
   for (std::size_t r = 0; r < items.size(); ++r) {
@@ -274,7 +273,7 @@ std::vector<std::int32_t> dense_ids(const Catalog& catalog, std::string Item::*f
 // log_popularity and the rate priors read). Also the file's record.
 struct ItemCounts {
   ItemId id = kNoItem;
-  double events = 0.0;     // events of any type
+  double events = 0.0;  // events of any type
   double views = 0.0;
   double clicks = 0.0;
   double purchases = 0.0;
@@ -356,9 +355,9 @@ struct ItemEventTimes {
 // What the cross features need from one user's history tokens; filled by
 // Featurizer::cross() and reused (its vectors keep their capacity).
 struct UserCross {
-  std::vector<std::size_t> rows;       // token rows, in token order (sim_max)
-  std::vector<std::size_t> seen;       // distinct token rows, sorted
-  std::vector<std::size_t> purchased;  // distinct rows of purchase tokens, sorted
+  std::vector<std::size_t> rows;               // token rows, in token order (sim_max)
+  std::vector<std::size_t> seen;               // distinct token rows, sorted
+  std::vector<std::size_t> purchased;          // distinct rows of purchase tokens, sorted
   std::vector<std::int32_t> categories;        // category id per token with one, sorted
   std::vector<std::int32_t> brands;            // brand id per token with one, sorted
   std::vector<std::int32_t> purchased_brands;  // brand ids of purchase tokens, sorted, distinct
@@ -653,8 +652,7 @@ class Featurizer {
       case ItemNumericKind::seen_item:
         return std::binary_search(cross.seen.begin(), cross.seen.end(), row) ? 1.0 : 0.0;
       case ItemNumericKind::purchased_item:
-        return std::binary_search(cross.purchased.begin(), cross.purchased.end(), row) ? 1.0
-                                                                                       : 0.0;
+        return std::binary_search(cross.purchased.begin(), cross.purchased.end(), row) ? 1.0 : 0.0;
       case ItemNumericKind::category_share:
         if (cross.tokens == 0 || category_id_[row] < 0) return 0.0;
         return count(cross.categories, category_id_[row]) / static_cast<double>(cross.tokens);
@@ -662,9 +660,9 @@ class Featurizer {
         if (cross.tokens == 0 || brand_id_[row] < 0) return 0.0;
         return count(cross.brands, brand_id_[row]) / static_cast<double>(cross.tokens);
       case ItemNumericKind::brand_purchased:
-        return brand_id_[row] >= 0 && std::binary_search(cross.purchased_brands.begin(),
-                                                         cross.purchased_brands.end(),
-                                                         brand_id_[row])
+        return brand_id_[row] >= 0 &&
+                       std::binary_search(cross.purchased_brands.begin(),
+                                          cross.purchased_brands.end(), brand_id_[row])
                    ? 1.0
                    : 0.0;
       case ItemNumericKind::relative_price_gap:
@@ -692,8 +690,8 @@ class Featurizer {
   std::vector<std::pair<std::size_t, ItemNumericKind>> cross_columns_;  // (column, kind)
   std::vector<std::pair<std::size_t, ItemNumericKind>> prior_columns_;  // (column, kind)
   std::vector<std::optional<double>> price_vs_category_;  // per row; empty when unused
-  std::vector<std::int32_t> category_id_;                  // per row, -1 = none (cross only)
-  std::vector<std::int32_t> brand_id_;                     // per row, -1 = none (cross only)
+  std::vector<std::int32_t> category_id_;                 // per row, -1 = none (cross only)
+  std::vector<std::int32_t> brand_id_;                    // per row, -1 = none (cross only)
 };
 
 // ---------------------------------------------------------------------------
@@ -1016,8 +1014,7 @@ DeepRankerExamples materialize(const Featurizer& featurizer, const Catalog& cata
       const std::span<const float> v = catalog.vectors().row(example.row);
       for (std::size_t j = 0; j < dim; ++j) coarse += static_cast<double>(v[j]) * mean[j];
     }
-    featurizer.append_candidate(example.row, static_cast<float>(coarse), cross, out.users - 1,
-                                out);
+    featurizer.append_candidate(example.row, static_cast<float>(coarse), cross, out.users - 1, out);
     const std::size_t width = out.candidate_numeric.size() / out.candidates;
     featurizer.timed_priors(
         example.row, example.ts, times,
@@ -1572,9 +1569,9 @@ void DeepFineRanker::save(const std::filesystem::path& dir) const {
                             {"purchases", std::move(purchases)},
                             {"dwells", std::move(dwells)},
                             {"log_dwell_sum", std::move(log_dwell_sum)}};
-  document["counted_until_ts"] =
-      impl_->counted_until == std::numeric_limits<std::int64_t>::max() ? json(nullptr)
-                                                                       : json(impl_->counted_until);
+  document["counted_until_ts"] = impl_->counted_until == std::numeric_limits<std::int64_t>::max()
+                                     ? json(nullptr)
+                                     : json(impl_->counted_until);
   document["checksum"] = document_checksum(document);
   detail::write_file_atomic(dir / kFeaturesFile, document.dump(1) + "\n");
 }
@@ -1726,15 +1723,13 @@ std::unique_ptr<DeepFineRanker> DeepFineRanker::load(const std::filesystem::path
   const json& popularity = read.member(document, "", "popularity");
   // Per-item count arrays (version 1: events only).
   const std::vector<std::pair<const char*, double ItemCounts::*>> columns =
-      version == 1 ? std::vector<std::pair<const char*, double ItemCounts::*>>{{"counts",
-                                                                               &ItemCounts::events}}
-                   : std::vector<std::pair<const char*, double ItemCounts::*>>{
-                         {"counts", &ItemCounts::events},
-                         {"views", &ItemCounts::views},
-                         {"clicks", &ItemCounts::clicks},
-                         {"purchases", &ItemCounts::purchases},
-                         {"dwells", &ItemCounts::dwells},
-                         {"log_dwell_sum", &ItemCounts::log_dwell_sum}};
+      version == 1
+          ? std::vector<std::pair<const char*, double ItemCounts::*>>{{"counts",
+                                                                       &ItemCounts::events}}
+          : std::vector<std::pair<const char*, double ItemCounts::*>>{
+                {"counts", &ItemCounts::events}, {"views", &ItemCounts::views},
+                {"clicks", &ItemCounts::clicks}, {"purchases", &ItemCounts::purchases},
+                {"dwells", &ItemCounts::dwells}, {"log_dwell_sum", &ItemCounts::log_dwell_sum}};
   std::vector<std::string_view> popularity_fields{"items"};
   for (const auto& [name, member] : columns) popularity_fields.emplace_back(name);
   read.only(popularity, "popularity", popularity_fields);

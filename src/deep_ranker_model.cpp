@@ -155,8 +155,8 @@ constexpr std::uint32_t kQueryStage = 3;
 constexpr std::uint32_t kFirstFusedStage = 4;
 constexpr std::uint32_t kFirstPlainStage = 5;
 constexpr std::uint32_t kGateStage = 6;
-constexpr std::uint32_t kExpertStage = 0x100;  // + layer
-constexpr std::uint32_t kTowerStage = 0x200;   // + layer
+constexpr std::uint32_t kExpertStage = 0x100;    // + layer
+constexpr std::uint32_t kTowerStage = 0x200;     // + layer
 constexpr std::uint32_t kTowerF32Stage = 0x300;  // + layer
 
 // One weight matrix (and bias) in its stage's layout.

@@ -144,11 +144,11 @@ constexpr std::size_t kUsers = 24;
 DeepFineRankerTrainConfig small_config() {
   DeepFineRankerTrainConfig c;
   c.features.user_numeric = {"log_history_events", "tenure"};
-  c.features.item_numeric = {"coarse_score",     "log_price",          "log_popularity",
+  c.features.item_numeric = {"coarse_score",      "log_price",         "log_popularity",
                              "price_vs_category", "item_ctr_prior",    "item_cvr_prior",
-                             "item_dwell_prior", "sim_max",            "seen_item",
-                             "purchased_item",   "category_share",     "brand_share",
-                             "brand_purchased",  "relative_price_gap"};
+                             "item_dwell_prior",  "sim_max",           "seen_item",
+                             "purchased_item",    "category_share",    "brand_share",
+                             "brand_purchased",   "relative_price_gap"};
   c.features.embedding_dim = 4;
   c.model.history_length = 4;
   c.model.attention_dim = 4;
@@ -693,16 +693,15 @@ TEST_CASE("DeepFineRanker cross features match hand computations", "[deep_fine]"
   const DeepRankerExamples ex = ranker.build_examples(log, {}, all_examples(), nullptr);
   const std::vector<std::size_t> tokens{1, 4, 12, kPriced};  // item indices k
   // The user's mean price_vs_category: over 101, 104 and 112 (140 has none).
-  const double user_pvc = (*hand_price_vs_category(1) + *hand_price_vs_category(4) +
-                           *hand_price_vs_category(12)) /
-                          3.0;
+  const double user_pvc =
+      (*hand_price_vs_category(1) + *hand_price_vs_category(4) + *hand_price_vs_category(12)) / 3.0;
   struct Expect {
     std::size_t k;
     double seen, purchased, category_share, brand_share, brand_purchased;
   };
   const std::vector<Expect> expectations{
-      {1, 1, 0, 0.5, 0.5, 1},  {4, 1, 1, 0.5, 0.5, 1},     {7, 0, 0, 0.5, 0.5, 1},
-      {15, 0, 0, 0.25, 0.25, 0}, {25, 0, 0, 0, 0.5, 1}, {kPriced, 1, 0, 0, 0, 0},
+      {1, 1, 0, 0.5, 0.5, 1},    {4, 1, 1, 0.5, 0.5, 1}, {7, 0, 0, 0.5, 0.5, 1},
+      {15, 0, 0, 0.25, 0.25, 0}, {25, 0, 0, 0, 0.5, 1},  {kPriced, 1, 0, 0, 0, 0},
       {33, 0, 0, 0, 0.25, 0},
   };
   for (const Expect& want : expectations) {
@@ -802,8 +801,7 @@ TEST_CASE("DeepFineRanker rate priors count only the events before an example", 
     (ex.ts[i] < period_end ? inside : after) += 1;
     const float* num = &ex.candidate_numeric[i * nin];
     CHECK(num[ctr_col] == Approx(logit((c.clicks + 20 * g_ctr) / (c.views + 20))).margin(1e-5));
-    CHECK(num[cvr_col] ==
-          Approx(logit((c.purchases + 20 * g_cvr) / (c.clicks + 20))).margin(1e-5));
+    CHECK(num[cvr_col] == Approx(logit((c.purchases + 20 * g_cvr) / (c.clicks + 20))).margin(1e-5));
     CHECK(num[dwell_col] == Approx((c.log_dwell + 20 * g_dwell) / (c.dwells + 20)).margin(1e-5));
   }
   CHECK(inside > 10);

@@ -132,9 +132,9 @@ struct DeepFeatureConfig {
   std::vector<std::string> user_numeric = {"log_history_events"};
   std::vector<std::string> item_categorical = {"category", "brand", "price_band"};
   std::vector<std::string> item_numeric = {
-      "coarse_score",   "log_price",      "log_popularity",   "price_vs_category",
-      "item_ctr_prior", "item_cvr_prior", "item_dwell_prior", "sim_max",
-      "seen_item",      "purchased_item", "category_share",   "brand_share",
+      "coarse_score",    "log_price",         "log_popularity",   "price_vs_category",
+      "item_ctr_prior",  "item_cvr_prior",    "item_dwell_prior", "sim_max",
+      "seen_item",       "purchased_item",    "category_share",   "brand_share",
       "brand_purchased", "relative_price_gap"};
   std::string history_category =
       "category";                  ///< which item categorical feature history tokens carry

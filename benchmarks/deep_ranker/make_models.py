@@ -85,10 +85,21 @@ def vocab(prefix, n):
     return ["%s%d" % (prefix, i) for i in range(n)]
 
 
+# DeepFineRanker's default item numerics (include/funnel/deep_fine_ranker.hpp)
+# with plausible standardisation statistics; requests draw the ones after
+# log_popularity per candidate from N(mean, std).
+ITEM_NUMERIC = [("coarse_score", 0.0, 0.1), ("log_price", 3.0, 1.0), ("log_popularity", 2.0, 1.5),
+                ("price_vs_category", 0.0, 0.5), ("item_ctr_prior", -3.0, 0.5),
+                ("item_cvr_prior", -2.2, 0.4), ("item_dwell_prior", 3.3, 0.3),
+                ("sim_max", 0.5, 0.2), ("seen_item", 0.1, 0.3), ("purchased_item", 0.01, 0.1),
+                ("category_share", 0.2, 0.25), ("brand_share", 0.05, 0.1),
+                ("brand_purchased", 0.1, 0.3), ("relative_price_gap", 0.0, 0.5)]
+
+
 def make_config(name):
     """The benchmark's config: DeepFineRanker's default features (user
     age_band, gender, location + log_history_events; item category, brand,
-    price_band + coarse_score, log_price, log_popularity; embeddings of 16;
+    price_band + the 14 item numerics of ITEM_NUMERIC; embeddings of 16;
     history tokens carry the category), D = 128, A = 32, the default tasks
     (ctr, cvr as ctcvr of ctr, dwell), and the shape of SHAPES[name]."""
     s = SHAPES[name]
@@ -105,9 +116,7 @@ def make_config(name):
             {"name": "category", "vocab": vocab("cat", 100), "dim": EMBEDDING_DIM},
             {"name": "brand", "vocab": vocab("brand", 500), "dim": EMBEDDING_DIM},
             {"name": "price_band", "vocab": [str(i) for i in range(10)], "dim": EMBEDDING_DIM}],
-        "item_numeric": [{"name": "coarse_score", "mean": 0.0, "std": 0.1},
-                         {"name": "log_price", "mean": 3.0, "std": 1.0},
-                         {"name": "log_popularity", "mean": 2.0, "std": 1.5}],
+        "item_numeric": [{"name": n, "mean": m, "std": sd} for n, m, sd in ITEM_NUMERIC],
         "history_category_feature": 0,
         "history_length": s["history_length"],
         "recency_bounds_s": [3600, 86400, 3 * 86400, 7 * 86400, 14 * 86400, 30 * 86400,
@@ -191,8 +200,9 @@ def make_users(cfg, rng, items, users, history_lengths, impressions, now):
     ex["candidate_item"] = rng.integers(0, n_items, size=nc).astype(np.int32)
     it = ex["candidate_item"]
     ex["candidate_categorical"] = items["categorical"][it]
-    ex["candidate_numeric"] = np.stack([rng.normal(0.0, 0.1, size=nc), items["log_price"][it],
-                                        items["log_popularity"][it]], 1).astype(np.float32)
+    ex["candidate_numeric"] = np.stack(
+        [rng.normal(0.0, 0.1, size=nc), items["log_price"][it], items["log_popularity"][it]] +
+        [rng.normal(m, sd, size=nc) for _, m, sd in ITEM_NUMERIC[3:]], 1).astype(np.float32)
     click = rng.random(nc) < 0.2
     buy = click & (rng.random(nc) < 0.3)
     dwell = np.where(click, np.log1p(rng.exponential(30.0, size=nc)), np.nan)

@@ -67,6 +67,9 @@ enum class ItemNumericKind : std::uint8_t {
   item_ctr_prior,
   item_cvr_prior,
   item_dwell_prior,
+  category_ctr_prior,
+  category_cvr_prior,
+  category_dwell_prior,
   // User-item cross features, from the request's history tokens:
   sim_max,
   seen_item,
@@ -82,8 +85,13 @@ constexpr bool is_cross(ItemNumericKind kind) noexcept { return kind >= ItemNume
 
 // Whether a numeric item feature is a rate prior (time-dependent in training).
 constexpr bool is_prior(ItemNumericKind kind) noexcept {
-  return kind == ItemNumericKind::item_ctr_prior || kind == ItemNumericKind::item_cvr_prior ||
-         kind == ItemNumericKind::item_dwell_prior;
+  return kind >= ItemNumericKind::item_ctr_prior && kind <= ItemNumericKind::category_dwell_prior;
+}
+
+// Whether a rate prior is over the item's category (else over the item).
+constexpr bool is_category_prior(ItemNumericKind kind) noexcept {
+  return kind >= ItemNumericKind::category_ctr_prior &&
+         kind <= ItemNumericKind::category_dwell_prior;
 }
 
 // Rate priors: an item needs about this many views (clicks) before its own
@@ -122,7 +130,7 @@ std::optional<FeatureSpec<ItemCategoricalKind>> parse_item_categorical(const std
 }
 
 std::optional<FeatureSpec<ItemNumericKind>> parse_item_numeric(const std::string& name) {
-  static constexpr std::array<std::pair<std::string_view, ItemNumericKind>, 14> kNames{{
+  static constexpr std::array<std::pair<std::string_view, ItemNumericKind>, 17> kNames{{
       {"coarse_score", ItemNumericKind::coarse_score},
       {"log_price", ItemNumericKind::log_price},
       {"log_popularity", ItemNumericKind::log_popularity},
@@ -130,6 +138,9 @@ std::optional<FeatureSpec<ItemNumericKind>> parse_item_numeric(const std::string
       {"item_ctr_prior", ItemNumericKind::item_ctr_prior},
       {"item_cvr_prior", ItemNumericKind::item_cvr_prior},
       {"item_dwell_prior", ItemNumericKind::item_dwell_prior},
+      {"category_ctr_prior", ItemNumericKind::category_ctr_prior},
+      {"category_cvr_prior", ItemNumericKind::category_cvr_prior},
+      {"category_dwell_prior", ItemNumericKind::category_dwell_prior},
       {"sim_max", ItemNumericKind::sim_max},
       {"seen_item", ItemNumericKind::seen_item},
       {"purchased_item", ItemNumericKind::purchased_item},
@@ -324,9 +335,14 @@ struct GlobalRates {
     };
     const double m = kPriorStrength;
     switch (kind) {
-      case ItemNumericKind::item_ctr_prior: return logit((c.clicks + m * ctr) / (c.views + m));
-      case ItemNumericKind::item_cvr_prior: return logit((c.purchases + m * cvr) / (c.clicks + m));
-      case ItemNumericKind::item_dwell_prior: return (c.log_dwell_sum + m * dwell) / (c.dwells + m);
+      case ItemNumericKind::item_ctr_prior:
+      case ItemNumericKind::category_ctr_prior: return logit((c.clicks + m * ctr) / (c.views + m));
+      case ItemNumericKind::item_cvr_prior:
+      case ItemNumericKind::category_cvr_prior:
+        return logit((c.purchases + m * cvr) / (c.clicks + m));
+      case ItemNumericKind::item_dwell_prior:
+      case ItemNumericKind::category_dwell_prior:
+        return (c.log_dwell_sum + m * dwell) / (c.dwells + m);
       default: return 0.0;
     }
   }
@@ -342,15 +358,50 @@ struct ItemEventTimes {
   };
   std::int64_t until = std::numeric_limits<std::int64_t>::max();
   std::vector<std::vector<Stamp>> rows;
+  std::vector<std::int32_t> category_of_row;   // dense category id per row, -1 = none
+  std::vector<std::vector<Stamp>> categories;  // by dense category id
 
   // The counts of row `row` over its counted events with ts < before.
   [[nodiscard]] ItemCounts counts_before(std::size_t row, std::int64_t before) const {
-    const std::vector<Stamp>& list = rows[row];
+    return last_before(rows[row], before);
+  }
+  // The same over all items of row `row`'s category (none without one).
+  [[nodiscard]] ItemCounts category_counts_before(std::size_t row, std::int64_t before) const {
+    const std::int32_t c = category_of_row[row];
+    return c < 0 ? ItemCounts{} : last_before(categories[static_cast<std::size_t>(c)], before);
+  }
+
+ private:
+  static ItemCounts last_before(const std::vector<Stamp>& list, std::int64_t before) {
     const auto end = std::lower_bound(list.begin(), list.end(), before,
                                       [](const Stamp& e, std::int64_t ts) { return e.ts < ts; });
     return end == list.begin() ? ItemCounts{} : std::prev(end)->counts;
   }
 };
+
+// Per row: the summed counts of all rows of its category (none: zeros).
+std::vector<ItemCounts> per_category(std::span<const std::int32_t> category_of_row,
+                                     std::span<const ItemCounts> counts) {
+  std::vector<ItemCounts> totals;
+  for (std::size_t r = 0; r < counts.size(); ++r) {
+    const std::int32_t c = category_of_row[r];
+    if (c < 0) continue;
+    if (static_cast<std::size_t>(c) >= totals.size())
+      totals.resize(static_cast<std::size_t>(c) + 1);
+    ItemCounts& t = totals[static_cast<std::size_t>(c)];
+    t.events += counts[r].events;
+    t.views += counts[r].views;
+    t.clicks += counts[r].clicks;
+    t.purchases += counts[r].purchases;
+    t.dwells += counts[r].dwells;
+    t.log_dwell_sum += counts[r].log_dwell_sum;
+  }
+  std::vector<ItemCounts> out(counts.size());
+  for (std::size_t r = 0; r < counts.size(); ++r) {
+    if (category_of_row[r] >= 0) out[r] = totals[static_cast<std::size_t>(category_of_row[r])];
+  }
+  return out;
+}
 
 // What the cross features need from one user's history tokens; filled by
 // Featurizer::cross() and reused (its vectors keep their capacity).
@@ -456,6 +507,7 @@ class Featurizer {
       }
     }
     item_numeric_.assign(items.size() * item_numeric_count_, 0.0F);
+    std::vector<ItemCounts> category_counts;  // per row: its category's (when used)
     bool needs_relative_price = false;
     for (std::size_t f = 0; f < item_numeric_count_; ++f) {
       const auto spec = parse_item_numeric(features.item_numeric[f]);
@@ -476,6 +528,9 @@ class Featurizer {
         continue;
       }
       if (is_prior(kind)) prior_columns_.emplace_back(f, kind);
+      if (is_category_prior(kind) && category_counts.empty()) {
+        category_counts = per_category(dense_ids(catalog, &Item::category), counts);
+      }
       for (std::size_t r = 0; r < items.size(); ++r) {
         double value = 0.0;
         switch (kind) {
@@ -484,6 +539,11 @@ class Featurizer {
           case ItemNumericKind::item_ctr_prior:
           case ItemNumericKind::item_cvr_prior:
           case ItemNumericKind::item_dwell_prior: value = rates.prior(kind, counts[r]); break;
+          case ItemNumericKind::category_ctr_prior:
+          case ItemNumericKind::category_cvr_prior:
+          case ItemNumericKind::category_dwell_prior:
+            value = rates.prior(kind, category_counts[r]);
+            break;
           case ItemNumericKind::price_vs_category:
             value = price_vs_category_[r].value_or(0.0);
             break;
@@ -506,8 +566,10 @@ class Featurizer {
                     std::span<float> numeric) const {
     if (prior_columns_.empty() || ts >= times.until) return;
     const ItemCounts before = times.counts_before(row, ts);
+    const ItemCounts category_before = times.category_counts_before(row, ts);
     for (const auto& [column, kind] : prior_columns_) {
-      numeric[column] = static_cast<float>(rates_.prior(kind, before));
+      numeric[column] = static_cast<float>(
+          rates_.prior(kind, is_category_prior(kind) ? category_before : before));
     }
   }
 
@@ -942,13 +1004,28 @@ std::vector<ItemCounts> count_events(const Catalog& catalog, const Timelines& ti
                    [](const TimelineEvent* a, const TimelineEvent* b) { return a->ts < b->ts; });
   std::vector<ItemCounts> counts(catalog.size());
   for (std::size_t r = 0; r < catalog.size(); ++r) counts[r].id = catalog.items()[r].id;
+  std::vector<ItemCounts> category_running;
   if (times != nullptr) {
     times->until = until;
     times->rows.assign(catalog.size(), {});
+    times->category_of_row = dense_ids(catalog, &Item::category);
+    const std::int32_t n =
+        times->category_of_row.empty()
+            ? -1
+            : *std::max_element(times->category_of_row.begin(), times->category_of_row.end());
+    times->categories.assign(static_cast<std::size_t>(n + 1), {});
+    category_running.assign(static_cast<std::size_t>(n + 1), {});
   }
   for (const TimelineEvent* e : counted) {
     counts[e->row].add(e->type, e->dwell_s);
-    if (times != nullptr) times->rows[e->row].push_back({e->ts, counts[e->row]});
+    if (times == nullptr) continue;
+    times->rows[e->row].push_back({e->ts, counts[e->row]});
+    const std::int32_t c = times->category_of_row[e->row];
+    if (c >= 0) {
+      const auto k = static_cast<std::size_t>(c);
+      category_running[k].add(e->type, e->dwell_s);
+      times->categories[k].push_back({e->ts, category_running[k]});
+    }
   }
   return counts;
 }
@@ -1200,7 +1277,8 @@ void DeepFeatureConfig::validate() const {
     detail::require(parse_item_numeric(item_numeric[i]).has_value(),
                     "DeepFeatureConfig.item_numeric[", i, "]: unknown feature '", item_numeric[i],
                     "' (expected coarse_score, log_price, log_popularity, price_vs_category, "
-                    "item_ctr_prior, item_cvr_prior, item_dwell_prior, sim_max, "
+                    "item_ctr_prior, item_cvr_prior, item_dwell_prior, category_ctr_prior, "
+                    "category_cvr_prior, category_dwell_prior, sim_max, "
                     "seen_item, purchased_item, category_share, brand_share, brand_purchased or "
                     "relative_price_gap)");
   }

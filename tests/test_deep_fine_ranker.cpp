@@ -144,11 +144,23 @@ constexpr std::size_t kUsers = 24;
 DeepFineRankerTrainConfig small_config() {
   DeepFineRankerTrainConfig c;
   c.features.user_numeric = {"log_history_events", "tenure"};
-  c.features.item_numeric = {"coarse_score",      "log_price",         "log_popularity",
-                             "price_vs_category", "item_ctr_prior",    "item_cvr_prior",
-                             "item_dwell_prior",  "sim_max",           "seen_item",
-                             "purchased_item",    "category_share",    "brand_share",
-                             "brand_purchased",   "relative_price_gap"};
+  c.features.item_numeric = {"coarse_score",
+                             "log_price",
+                             "log_popularity",
+                             "price_vs_category",
+                             "item_ctr_prior",
+                             "item_cvr_prior",
+                             "item_dwell_prior",
+                             "category_ctr_prior",
+                             "category_cvr_prior",
+                             "category_dwell_prior",
+                             "sim_max",
+                             "seen_item",
+                             "purchased_item",
+                             "category_share",
+                             "brand_share",
+                             "brand_purchased",
+                             "relative_price_gap"};
   c.features.embedding_dim = 4;
   c.model.history_length = 4;
   c.model.attention_dim = 4;
@@ -766,12 +778,17 @@ TEST_CASE("DeepFineRanker rate priors count only the events before an example", 
   struct Counts {
     double views = 0, clicks = 0, purchases = 0, dwells = 0, log_dwell = 0;
   };
-  const auto count = [&](ItemId item, std::int64_t before) {
+  const std::size_t cat_ctr_col = column(config.item_numeric, "category_ctr_prior");
+  const std::size_t cat_dwell_col = column(config.item_numeric, "category_dwell_prior");
+  // Events of `item` (kNoItem: all; with by_category, all of its category) before `before`.
+  const auto count = [&](ItemId item, std::int64_t before, bool by_category = false) {
     Counts c;
     for (const Event& e : training_log()) {
-      if (e.ts >= before || e.ts >= period_end || (item != funnel::kNoItem && e.item != item)) {
-        continue;
-      }
+      const bool match =
+          item == funnel::kNoItem || e.item == item ||
+          (by_category && (e.item - kFirstItem) / static_cast<ItemId>(kPerCategory) ==
+                              (item - kFirstItem) / static_cast<ItemId>(kPerCategory));
+      if (e.ts >= before || e.ts >= period_end || !match) continue;
       c.views += e.type == EventType::view;
       c.clicks += e.type == EventType::click;
       c.purchases += e.type == EventType::purchase;
@@ -803,6 +820,10 @@ TEST_CASE("DeepFineRanker rate priors count only the events before an example", 
     CHECK(num[ctr_col] == Approx(logit((c.clicks + 20 * g_ctr) / (c.views + 20))).margin(1e-5));
     CHECK(num[cvr_col] == Approx(logit((c.purchases + 20 * g_cvr) / (c.clicks + 20))).margin(1e-5));
     CHECK(num[dwell_col] == Approx((c.log_dwell + 20 * g_dwell) / (c.dwells + 20)).margin(1e-5));
+    const Counts k = count(item, std::min(ex.ts[i], period_end), true);
+    CHECK(num[cat_ctr_col] == Approx(logit((k.clicks + 20 * g_ctr) / (k.views + 20))).margin(1e-5));
+    CHECK(num[cat_dwell_col] ==
+          Approx((k.log_dwell + 20 * g_dwell) / (k.dwells + 20)).margin(1e-5));
   }
   CHECK(inside > 10);
   CHECK(after > 2);

@@ -40,18 +40,20 @@
 ///   logit((purchases + m g_cvr) / (clicks + m)) (rates clamped to [1e-6, 1 - 1e-6] before the
 ///   logit), "item_dwell_prior" (sum of log(1 + dwell_s) + m g_dwell) / (dwells + m); counts
 ///   are the item's events of every user in the training period (dwells: clicks with a
-///   dwell_s), g the global rates over all counted items. A training example inside that
-///   period counts only the events strictly before it (never its own outcome); at serving
-///   time, and for later examples, the whole period counts.
-///   User-item cross features, from the same history tokens the attention sees (T = their
-///   number; 0 without tokens): "sim_max" (the largest v(x) . v(h) over tokens h of another
-///   item than the candidate x, float accumulation), "seen_item" (1 when x is a token's item),
-///   "purchased_item" (1 when a purchase token is x), "category_share" / "brand_share" (share
-///   of the T tokens whose item has x's category / brand; 0 when x has none), "brand_purchased"
-///   (1 when a purchase token's item has x's brand), "relative_price_gap" (x's
-///   price_vs_category minus the mean price_vs_category of the distinct token items that have
-///   one; 0 when either is missing). These are what the logistic ranker's best features say,
-///   given to the network directly instead of being left for the attention to rediscover.
+///   dwell_s), g the global rates over all counted items; "category_ctr_prior",
+///   "category_cvr_prior", "category_dwell_prior" the same over the events of all catalogue
+///   items of the item's category (an item without a category gets the global rates). A training
+///   example inside that period counts only the events strictly before it (never its own outcome);
+///   at serving time, and for later examples, the whole period counts. User-item cross features,
+///   from the same history tokens the attention sees (T = their number; 0 without tokens):
+///   "sim_max" (the largest v(x) . v(h) over tokens h of another item than the candidate x, float
+///   accumulation), "seen_item" (1 when x is a token's item), "purchased_item" (1 when a purchase
+///   token is x), "category_share" / "brand_share" (share of the T tokens whose item has x's
+///   category / brand; 0 when x has none), "brand_purchased" (1 when a purchase token's item has
+///   x's brand), "relative_price_gap" (x's price_vs_category minus the mean price_vs_category of
+///   the distinct token items that have one; 0 when either is missing). These are what the logistic
+///   ranker's best features say, given to the network directly instead of being left for the
+///   attention to rediscover.
 /// History tokens: the user's most recent history_length events before the
 ///   request (of items the catalogue knows), oldest first: the item's
 ///   catalogue vector, its history-category index, the event type and the

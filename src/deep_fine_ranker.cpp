@@ -1009,12 +1009,13 @@ std::vector<ItemCounts> count_events(const Catalog& catalog, const Timelines& ti
     times->until = until;
     times->rows.assign(catalog.size(), {});
     times->category_of_row = dense_ids(catalog, &Item::category);
-    const std::int32_t n =
+    const std::int32_t top =
         times->category_of_row.empty()
             ? -1
             : *std::max_element(times->category_of_row.begin(), times->category_of_row.end());
-    times->categories.assign(static_cast<std::size_t>(n + 1), {});
-    category_running.assign(static_cast<std::size_t>(n + 1), {});
+    const std::size_t n = top < 0 ? 0 : static_cast<std::size_t>(top) + 1;
+    times->categories.assign(n, {});
+    category_running.assign(n, {});
   }
   for (const TimelineEvent* e : counted) {
     counts[e->row].add(e->type, e->dwell_s);

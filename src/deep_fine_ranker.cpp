@@ -27,6 +27,7 @@
 #include "internal/atomic_file.hpp"
 #include "internal/checksum.hpp"
 #include "internal/error_util.hpp"
+#include "internal/rate_priors.hpp"
 
 namespace funnel {
 
@@ -282,67 +283,43 @@ std::vector<std::int32_t> dense_ids(const Catalog& catalog, std::string Item::*f
 
 // Event counts of one item over the training period, all users (what
 // log_popularity and the rate priors read). Also the file's record.
-struct ItemCounts {
+struct ItemCounts : detail::RateCounts {
   ItemId id = kNoItem;
   double events = 0.0;  // events of any type
-  double views = 0.0;
-  double clicks = 0.0;
-  double purchases = 0.0;
-  double dwells = 0.0;         // clicks with a dwell
-  double log_dwell_sum = 0.0;  // sum of log(1 + dwell_s) over them
 
-  void add(EventType type, std::optional<double> dwell_s) {
+  void add(EventType type, std::optional<double> dwell_s) noexcept {
     events += 1.0;
-    if (type == EventType::view) views += 1.0;
-    if (type == EventType::click) {
-      clicks += 1.0;
-      if (dwell_s) {
-        dwells += 1.0;
-        log_dwell_sum += std::log1p(std::max(0.0, *dwell_s));
-      }
-    }
-    if (type == EventType::purchase) purchases += 1.0;
+    RateCounts::add(type, dwell_s);
+  }
+  void add(const ItemCounts& o) noexcept {
+    events += o.events;
+    RateCounts::add(o);
   }
 };
 
-// The global rates the priors shrink towards (over all counted items).
+// The rate priors as the logistic ranker defines them (internal/rate_priors.hpp),
+// shrunk towards the global rates of all counted items.
 struct GlobalRates {
-  double ctr = 0.0;
-  double cvr = 0.0;
-  double dwell = 0.0;  // mean log(1 + dwell_s)
+  detail::RateTargets targets;
 
+  // Sums in the order given: train() and bind() both pass the saved records
+  // (by id), so that a trained and a loaded ranker have bit-identical targets.
   static GlobalRates of(std::span<const ItemCounts> counts) {
-    ItemCounts total;
-    for (const ItemCounts& c : counts) {
-      total.views += c.views;
-      total.clicks += c.clicks;
-      total.purchases += c.purchases;
-      total.dwells += c.dwells;
-      total.log_dwell_sum += c.log_dwell_sum;
-    }
-    GlobalRates g;
-    g.ctr = total.views > 0.0 ? total.clicks / total.views : 0.0;
-    g.cvr = total.clicks > 0.0 ? total.purchases / total.clicks : 0.0;
-    g.dwell = total.dwells > 0.0 ? total.log_dwell_sum / total.dwells : 0.0;
-    return g;
+    detail::RateCounts total;
+    for (const ItemCounts& c : counts) total.add(c);
+    return {detail::RateTargets::of(total)};
   }
 
-  // The prior feature `kind` of an item with counts `c`.
+  // The prior feature `kind` of an item (or category) with counts `c`.
   [[nodiscard]] double prior(ItemNumericKind kind, const ItemCounts& c) const {
-    const auto logit = [](double p) {
-      p = std::clamp(p, 1e-6, 1.0 - 1e-6);
-      return std::log(p / (1.0 - p));
-    };
     const double m = kPriorStrength;
     switch (kind) {
       case ItemNumericKind::item_ctr_prior:
-      case ItemNumericKind::category_ctr_prior: return logit((c.clicks + m * ctr) / (c.views + m));
+      case ItemNumericKind::category_ctr_prior: return targets.ctr_prior(c, m);
       case ItemNumericKind::item_cvr_prior:
-      case ItemNumericKind::category_cvr_prior:
-        return logit((c.purchases + m * cvr) / (c.clicks + m));
+      case ItemNumericKind::category_cvr_prior: return targets.cvr_prior(c, m);
       case ItemNumericKind::item_dwell_prior:
-      case ItemNumericKind::category_dwell_prior:
-        return (c.log_dwell_sum + m * dwell) / (c.dwells + m);
+      case ItemNumericKind::category_dwell_prior: return targets.dwell_prior(c, m);
       default: return 0.0;
     }
   }
@@ -379,6 +356,15 @@ struct ItemEventTimes {
   }
 };
 
+// Whether any feature is a rate prior (only those need running counts).
+bool uses_priors(const DeepFeatureConfig& features) {
+  return std::any_of(features.item_numeric.begin(), features.item_numeric.end(),
+                     [](const std::string& name) {
+                       const auto spec = parse_item_numeric(name);
+                       return spec && is_prior(spec->kind);
+                     });
+}
+
 // Per row: the summed counts of all rows of its category (none: zeros).
 std::vector<ItemCounts> per_category(std::span<const std::int32_t> category_of_row,
                                      std::span<const ItemCounts> counts) {
@@ -388,13 +374,7 @@ std::vector<ItemCounts> per_category(std::span<const std::int32_t> category_of_r
     if (c < 0) continue;
     if (static_cast<std::size_t>(c) >= totals.size())
       totals.resize(static_cast<std::size_t>(c) + 1);
-    ItemCounts& t = totals[static_cast<std::size_t>(c)];
-    t.events += counts[r].events;
-    t.views += counts[r].views;
-    t.clicks += counts[r].clicks;
-    t.purchases += counts[r].purchases;
-    t.dwells += counts[r].dwells;
-    t.log_dwell_sum += counts[r].log_dwell_sum;
+    totals[static_cast<std::size_t>(c)].add(counts[r]);
   }
   std::vector<ItemCounts> out(counts.size());
   for (std::size_t r = 0; r < counts.size(); ++r) {
@@ -1443,7 +1423,7 @@ DeepRankerExamples DeepFineRanker::build_examples(std::span<const Event> events,
   // Rate priors of examples inside the model's counted period count the
   // events of this log before them, as in training.
   ItemEventTimes times;
-  count_events(catalog, timelines, impl_->counted_until, &times);
+  if (uses_priors(impl_->features)) count_events(catalog, timelines, impl_->counted_until, &times);
   if (validation != nullptr) {
     *validation = materialize(*impl_->featurizer, catalog, timelines, skeletons, times, n_train, n,
                               labels.size());
@@ -1482,8 +1462,16 @@ std::unique_ptr<DeepFineRanker> DeepFineRanker::train(std::shared_ptr<const Cata
   // The training period ends where the held-out examples begin.
   const std::int64_t period_end =
       n_validation > 0 ? skeletons.examples[n_train].ts : std::numeric_limits<std::int64_t>::max();
-  ItemEventTimes times;
-  const std::vector<ItemCounts> counts = count_events(*catalog, timelines, period_end, &times);
+  ItemEventTimes times;  // only rate priors need the running counts
+  const std::vector<ItemCounts> counts =
+      count_events(*catalog, timelines, period_end, uses_priors(features) ? &times : nullptr);
+  // What save() writes: the items with events, by id.
+  std::vector<ItemCounts> records;
+  for (const ItemCounts& c : counts) {
+    if (c.events > 0.0) records.push_back(c);
+  }
+  std::sort(records.begin(), records.end(),
+            [](const ItemCounts& a, const ItemCounts& b) { return a.id < b.id; });
   std::vector<double> price_bounds = price_band_bounds(*catalog);
 
   // Vocabularies and the missing-value fill of profile numerics, from the
@@ -1547,7 +1535,7 @@ std::unique_ptr<DeepFineRanker> DeepFineRanker::train(std::shared_ptr<const Cata
   model.validate();
 
   const Featurizer featurizer(*catalog, features, model, price_bounds, counts,
-                              GlobalRates::of(counts));
+                              GlobalRates::of(records));
   const DeepRankerExamples training =
       materialize(featurizer, *catalog, timelines, skeletons, times, 0, n_train, labels.size());
   const DeepRankerExamples validation =
@@ -1587,11 +1575,7 @@ std::unique_ptr<DeepFineRanker> DeepFineRanker::train(std::shared_ptr<const Cata
   impl->model = DeepRankerModel::create(std::move(model), std::move(parameters), serve);
   impl->features = features;
   impl->price_bounds = std::move(price_bounds);
-  for (const ItemCounts& c : counts) {
-    if (c.events > 0.0) impl->item_counts.push_back(c);
-  }
-  std::sort(impl->item_counts.begin(), impl->item_counts.end(),
-            [](const ItemCounts& a, const ItemCounts& b) { return a.id < b.id; });
+  impl->item_counts = std::move(records);
   impl->counted_until = period_end;
   impl->bind();
   return std::unique_ptr<DeepFineRanker>(new DeepFineRanker(std::move(impl)));

@@ -24,6 +24,7 @@
 #include "internal/checksum.hpp"
 #include "internal/error_util.hpp"
 #include "internal/glm.hpp"
+#include "internal/rate_priors.hpp"
 
 namespace funnel {
 
@@ -230,7 +231,6 @@ constexpr std::size_t kRelativePriceGap = 23;
 constexpr std::size_t kRelativePriceOver = 24;
 constexpr std::size_t kBrandPurchased = 25;
 constexpr double kPriceGapSoftening = 0.25;  // keeps a one-price history from exploding gaps
-constexpr double kRateClamp = 1e-6;          // keeps logit finite for rates of 0 or 1
 constexpr std::size_t kObjectives = 3;
 constexpr std::string_view kFormatName = "funnel.logistic_fine_ranker";
 constexpr std::int64_t kFormatVersion = 2;
@@ -364,38 +364,8 @@ class CatalogIndex {
   std::vector<float> price_vs_category_;
 };
 
-// Event counts behind the rate priors of one item, brand or category.
-struct RateCounts {
-  double views = 0.0;
-  double clicks = 0.0;
-  double purchases = 0.0;
-  double dwells = 0.0;         // clicks with dwell_s
-  double log_dwell_sum = 0.0;  // sum of log(1 + dwell_s) over them
-
-  void add(EventType type, std::optional<double> dwell_s) noexcept {
-    if (type == EventType::view) views += 1.0;
-    if (type == EventType::purchase) purchases += 1.0;
-    if (type == EventType::click) {
-      clicks += 1.0;
-      if (dwell_s) {
-        dwells += 1.0;
-        log_dwell_sum += std::log1p(std::max(0.0, *dwell_s));
-      }
-    }
-  }
-  void add(const RateCounts& o) noexcept {
-    views += o.views;
-    clicks += o.clicks;
-    purchases += o.purchases;
-    dwells += o.dwells;
-    log_dwell_sum += o.log_dwell_sum;
-  }
-};
-
-double logit(double p) noexcept {
-  const double q = std::clamp(p, kRateClamp, 1.0 - kRateClamp);
-  return std::log(q / (1.0 - q));
-}
+using detail::RateCounts;
+using detail::RateTargets;
 
 // Smoothed per-item, per-brand and per-category click, conversion and dwell
 // rates (see the header for the formulas). The shrinkage targets are fixed
@@ -406,11 +376,11 @@ class RatePriors {
   // `global` gives the shrinkage targets; the counts start at 0.
   RatePriors(const CatalogIndex& index, std::size_t items, double strength,
              const RateCounts& global)
-      : strength_(strength), item_(items), brand_(index.brands()), category_(index.categories()) {
-    target_ctr_ = global.views > 0.0 ? global.clicks / global.views : 0.0;
-    target_cvr_ = global.clicks > 0.0 ? global.purchases / global.clicks : 0.0;
-    target_dwell_ = global.dwells > 0.0 ? global.log_dwell_sum / global.dwells : 0.0;
-  }
+      : strength_(strength),
+        targets_(RateTargets::of(global)),
+        item_(items),
+        brand_(index.brands()),
+        category_(index.categories()) {}
 
   template <typename... Args>
   void add(const CatalogIndex& index, std::size_t row, const Args&... what) noexcept {
@@ -432,9 +402,9 @@ class RatePriors {
     for (std::size_t l = 0; l < 3; ++l) {
       const RateCounts& c = *levels[l];
       const double m = strength_;
-      out[3 * l] = static_cast<float>(logit((c.clicks + m * target_ctr_) / (c.views + m)));
-      out[3 * l + 1] = static_cast<float>(logit((c.purchases + m * target_cvr_) / (c.clicks + m)));
-      out[3 * l + 2] = static_cast<float>((c.log_dwell_sum + m * target_dwell_) / (c.dwells + m));
+      out[3 * l] = static_cast<float>(targets_.ctr_prior(c, m));
+      out[3 * l + 1] = static_cast<float>(targets_.cvr_prior(c, m));
+      out[3 * l + 2] = static_cast<float>(targets_.dwell_prior(c, m));
     }
   }
 
@@ -443,9 +413,7 @@ class RatePriors {
 
  private:
   double strength_ = 1.0;
-  double target_ctr_ = 0.0;
-  double target_cvr_ = 0.0;
-  double target_dwell_ = 0.0;
+  RateTargets targets_;
   std::vector<RateCounts> item_;      // per catalogue row
   std::vector<RateCounts> brand_;     // per CatalogIndex brand
   std::vector<RateCounts> category_;  // per CatalogIndex category

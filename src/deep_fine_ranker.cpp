@@ -1824,6 +1824,10 @@ std::unique_ptr<DeepFineRanker> DeepFineRanker::load(const std::filesystem::path
   if (version >= 2) {
     const json& until = read.member(document, "", "counted_until_ts");
     if (!until.is_null()) impl->counted_until = read.integer(until, "counted_until_ts");
+  } else if (uses_priors(features)) {
+    read.fail("version",
+              "version 1 files carry no rate counts, but features.item_numeric lists "
+              "a rate prior");
   }
 
   detail::require(catalog->vector_dim() == config.item_vector_dim, "DeepFineRanker::load(",

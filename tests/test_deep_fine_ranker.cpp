@@ -1022,6 +1022,26 @@ TEST_CASE("DeepFineRanker serves what it trained on", "[deep_fine]") {
     });
     CHECK_THROWS_WITH(DeepFineRanker::load(dir.path(), test_catalog()),
                       Contains("features.user_numeric[0]"));
+    // Version 2's per-item counts: wrong length, negative, unknown version,
+    // and a version 1 file (no rate counts) that lists rate priors.
+    rewrite([](nlohmann::json& d) { d["popularity"]["clicks"].erase(0); });
+    CHECK_THROWS_WITH(DeepFineRanker::load(dir.path(), test_catalog()),
+                      Contains("popularity.clicks") && Contains("values for"));
+    rewrite([](nlohmann::json& d) { d["popularity"]["views"][0] = -1.0; });
+    CHECK_THROWS_WITH(DeepFineRanker::load(dir.path(), test_catalog()),
+                      Contains("popularity.views[0]") && Contains(">= 0"));
+    rewrite([](nlohmann::json& d) { d["version"] = 3; });
+    CHECK_THROWS_WITH(DeepFineRanker::load(dir.path(), test_catalog()),
+                      Contains("version") && Contains("unsupported"));
+    rewrite([](nlohmann::json& d) {
+      d["version"] = 1;
+      d.erase("counted_until_ts");
+      for (const char* key : {"views", "clicks", "purchases", "dwells", "log_dwell_sum"}) {
+        d["popularity"].erase(key);
+      }
+    });
+    CHECK_THROWS_WITH(DeepFineRanker::load(dir.path(), test_catalog()),
+                      Contains("version 1") && Contains("rate prior"));
     // Malformed JSON.
     funnel::testing::write_bytes(features, original.substr(0, original.size() / 2));
     CHECK_THROWS_WITH(DeepFineRanker::load(dir.path(), test_catalog()), Contains("features.json"));
@@ -1033,6 +1053,41 @@ TEST_CASE("DeepFineRanker serves what it trained on", "[deep_fine]") {
     narrow->set_vectors(funnel::Matrix<float>(narrow->size(), kDim / 2, 0.5F));
     CHECK_THROWS_AS(DeepFineRanker::load(dir.path(), narrow), funnel::Error);
   }
+}
+
+TEST_CASE("DeepFineRanker loads version 1 features.json (before the rate counts)", "[deep_fine]") {
+  // A ranker without rate priors, written as version 1 wrote it: event
+  // counts only, no counted_until_ts. It loads and scores as before.
+  DeepFineRankerTrainConfig config = small_config();
+  config.features.item_numeric = {"coarse_score", "log_price", "log_popularity"};
+  config.train.max_epochs = 1;
+  const auto ranker =
+      DeepFineRanker::train(test_catalog(), training_log(), synthetic_users(kUsers), config);
+  const funnel::testing::TempDir dir;
+  ranker->save(dir.path());
+  const std::filesystem::path features = dir / "features.json";
+  nlohmann::json doc = nlohmann::json::parse(funnel::testing::read_bytes(features));
+  doc["version"] = 1;
+  doc.erase("counted_until_ts");
+  for (const char* key : {"views", "clicks", "purchases", "dwells", "log_dwell_sum"}) {
+    doc["popularity"].erase(key);
+  }
+  doc.erase("checksum");
+  doc["checksum"] = funnel::detail::to_hex(funnel::detail::checksum64(doc.dump()));
+  funnel::testing::write_bytes(features, doc.dump(1));
+  const std::unique_ptr<DeepFineRanker> loaded = DeepFineRanker::load(dir.path(), test_catalog());
+
+  UserContext user;
+  user.history = history_of(hand_log(), "h1");
+  user.now_ts = kT + 40000;
+  std::vector<Candidate> candidates;
+  for (std::size_t k = 0; k <= kPriced; k += 5) candidates.push_back({item_of(k), 0.1F});
+  const std::size_t tasks = ranker->objectives().size();
+  std::vector<float> a(candidates.size() * tasks);
+  std::vector<float> b(candidates.size() * tasks);
+  ranker->score(user, candidates, MatrixView<float>(a.data(), candidates.size(), tasks));
+  loaded->score(user, candidates, MatrixView<float>(b.data(), candidates.size(), tasks));
+  CHECK(a == b);
 }
 
 TEST_CASE("DeepFineRanker learns category affinity", "[deep_fine]") {

@@ -93,7 +93,8 @@
 /// save() writes the DeepRankerModel directory plus `features.json`
 /// (format "funnel.deep_fine_ranker", version 2: DeepFeatureConfig,
 /// price-band bounds, per-item counts of the training period, the period's
-/// end, checksum; version 1 files, with event counts only, still load):
+/// end, checksum; version 1 files, with event counts only, still load
+/// unless their feature list names a rate prior):
 ///   {"format": "funnel.deep_fine_ranker", "version": 1,
 ///    "features": {"user_categorical": [...], "user_numeric": [...],
 ///                 "item_categorical": [...], "item_numeric": [...],

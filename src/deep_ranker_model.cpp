@@ -18,8 +18,9 @@
 //    register-blocked product (deep_ranker_kernels.hpp).
 //  - Candidates run in chunks of kChunkRows rows, so the activations of a
 //    chunk stay in the core's L2 cache; every product of a chunk has one of
-//    a few row counts (multiples of 16), whose primitives are built once
-//    and cached; rows past the chunk's candidates are zero.
+//    a few row counts (multiples of 16, or the exact count below 16, so
+//    that a one-candidate request does one row of work), whose primitives
+//    are built once and cached; rows past the chunk's candidates are zero.
 //  - Each forward() call takes a workspace from a free list (its buffers,
 //    its oneDNN stream and memory objects, grown on demand and kept), so
 //    steady-state calls allocate nothing and calls may run concurrently.
@@ -64,7 +65,9 @@ using Tag = memory::format_tag;
 constexpr std::string_view kFormatName = "funnel.deep_ranker";
 constexpr const char* kConfigFile = "config.json";
 constexpr const char* kWeightsFile = "model.safetensors";
-// Rows of every product are padded to a multiple of this.
+// Rows of every product are padded to a multiple of this, except that
+// products of fewer rows run on exactly their rows (a request of one
+// candidate must not pay for 16).
 constexpr std::size_t kRowAlign = 16;
 // Candidate rows per chunk (and the most rows of any one product).
 constexpr std::size_t kChunkRows = 128;
@@ -77,6 +80,10 @@ constexpr std::size_t kMaxThreads = 1024;
 constexpr std::size_t kMaxLayers = 64;
 
 constexpr std::size_t round_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
+// The row count a product of `rows` rows runs on (its buffers hold that many).
+constexpr std::size_t padded_rows(std::size_t rows) {
+  return rows < kRowAlign ? rows : round_up(rows, kRowAlign);
+}
 
 // Sets the calling thread's OpenMP thread count (an ICV of the calling
 // thread's task, not a process-wide setting) for one call and restores it,
@@ -633,7 +640,7 @@ std::shared_ptr<const Primitive> DeepRankerModel::Impl::primitive(const Stage& s
   return prim;
 }
 
-// Runs one product on m rows (a multiple of kRowAlign, at most kChunkRows).
+// Runs one product on m rows (padded_rows of a count, at most kChunkRows).
 // `bias` replaces the stage's own bias (the first layer's per-user bias).
 void DeepRankerModel::Impl::run(Workspace& ws, const Stage& s, const Linear& lin, std::size_t m,
                                 const void* src, void* dst, const float* bias) const {
@@ -686,12 +693,12 @@ void DeepRankerModel::Impl::run(Workspace& ws, const Stage& s, const Linear& lin
   }
 }
 
-// Runs a product over `rows` rows (buffers hold round_up(rows, kRowAlign)),
+// Runs a product over `rows` rows (buffers hold padded_rows(rows)),
 // in chunks of kChunkRows.
 void DeepRankerModel::Impl::run_rows(Workspace& ws, const Stage& s, const Linear& lin,
                                      std::size_t rows, const std::byte* src, std::byte* dst) const {
   for (std::size_t r0 = 0; r0 < rows; r0 += kChunkRows) {
-    const std::size_t m = round_up(std::min(kChunkRows, rows - r0), kRowAlign);
+    const std::size_t m = padded_rows(std::min(kChunkRows, rows - r0));
     run(ws, s, lin, m, src + r0 * s.lda * dt_size(s.src), dst + r0 * s.ldd * dt_size(s.dst));
   }
 }
@@ -708,9 +715,9 @@ void DeepRankerModel::Impl::forward(const DeepRankerBatch& batch, MatrixView<flo
   const std::size_t tower_layers = c.tower_hidden.size();
   assert(layers <= kMaxLayers);
   const std::size_t n_user = experts * h0 + ng;  // user-part columns
-  const std::size_t mu = round_up(nu, kRowAlign);
-  const std::size_t mev = round_up(events, kRowAlign);
-  const std::size_t rmax = std::min(kChunkRows, round_up(nc, kRowAlign));
+  const std::size_t mu = padded_rows(nu);
+  const std::size_t mev = padded_rows(events);
+  const std::size_t rmax = std::min(kChunkRows, padded_rows(nc));
   const std::size_t hist = c.history_length;
   std::size_t tower_max = 1;
   for (const std::size_t w : c.tower_hidden) tower_max = std::max(tower_max, w);
@@ -814,7 +821,7 @@ void DeepRankerModel::Impl::forward(const DeepRankerBatch& batch, MatrixView<flo
   const std::size_t nin = c.item_numeric.size();
   for (std::size_t c0 = 0; c0 < nc; c0 += kChunkRows) {
     const std::size_t rows = std::min(kChunkRows, nc - c0);
-    const std::size_t m = round_up(rows, kRowAlign);
+    const std::size_t m = padded_rows(rows);
     const std::int32_t* cu = batch.candidate_user.data() + c0;
 
     // Candidate rows in the internal column order; p = 0 for now.

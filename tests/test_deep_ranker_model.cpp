@@ -1244,8 +1244,14 @@ TEST_CASE("DeepRankerModel: forward matches a double-precision reference", "[dee
       // A user without history as the only user.
       const OwnedBatch none = random_batch(c, {0}, {0, 0, 0}, 13);
       CHECK(max_abs_diff(run_forward(*model, none), ref.forward(none)) <= 1e-5);
+      // One candidate (products of one row, not padded to 16), after and
+      // before larger requests on the same workspace.
+      const OwnedBatch single = random_batch(c, {full}, {0}, 14);
+      const std::vector<float> single_out = run_forward(*model, single);
+      CHECK(max_abs_diff(single_out, ref.forward(single)) <= 1e-5);
       // Repeated calls reuse the workspace and give the same values.
       CHECK(run_forward(*model, mixed) == run_forward(*model, mixed));
+      CHECK(run_forward(*model, single) == single_out);
     }
   }
 }

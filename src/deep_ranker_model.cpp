@@ -18,9 +18,10 @@
 //    register-blocked product (deep_ranker_kernels.hpp).
 //  - Candidates run in chunks of kChunkRows rows, so the activations of a
 //    chunk stay in the core's L2 cache; every product of a chunk has one of
-//    a few row counts (multiples of 16, or the exact count below 16, so
-//    that a one-candidate request does one row of work), whose primitives
-//    are built once and cached; rows past the chunk's candidates are zero.
+//    a few row counts (multiples of kRowAlign = 4, or the exact count
+//    below that: a request does at most 3 rows of padding work), whose
+//    primitives are built once and cached; rows past the chunk's
+//    candidates are zero.
 //  - Each forward() call takes a workspace from a free list (its buffers,
 //    its oneDNN stream and memory objects, grown on demand and kept), so
 //    steady-state calls allocate nothing and calls may run concurrently.
@@ -65,10 +66,11 @@ using Tag = memory::format_tag;
 constexpr std::string_view kFormatName = "funnel.deep_ranker";
 constexpr const char* kConfigFile = "config.json";
 constexpr const char* kWeightsFile = "model.safetensors";
-// Rows of every product are padded to a multiple of this, except that
-// products of fewer rows run on exactly their rows (a request of one
-// candidate must not pay for 16).
-constexpr std::size_t kRowAlign = 16;
+// Rows of every product are padded to a multiple of this (products of
+// fewer rows run on exactly their rows); small, so that padding wastes
+// little (100 candidates: 100 rows, not 112), at the price of more shapes
+// of primitives (at most kChunkRows / kRowAlign + kRowAlign per stage).
+constexpr std::size_t kRowAlign = 4;
 // Candidate rows per chunk (and the most rows of any one product).
 constexpr std::size_t kChunkRows = 128;
 // Bounds of the primitive cache (shared) and of each workspace's memory

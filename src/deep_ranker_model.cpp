@@ -69,7 +69,7 @@ constexpr const char* kWeightsFile = "model.safetensors";
 // Rows of every product are padded to a multiple of this (products of
 // fewer rows run on exactly their rows); small, so that padding wastes
 // little (100 candidates: 100 rows, not 112), at the price of more shapes
-// of primitives (at most kChunkRows / kRowAlign + kRowAlign per stage).
+// of primitives (at most kChunkRows / kRowAlign + kRowAlign - 1 per stage).
 constexpr std::size_t kRowAlign = 4;
 // Candidate rows per chunk (and the most rows of any one product).
 constexpr std::size_t kChunkRows = 128;

@@ -1244,7 +1244,7 @@ TEST_CASE("DeepRankerModel: forward matches a double-precision reference", "[dee
       // A user without history as the only user.
       const OwnedBatch none = random_batch(c, {0}, {0, 0, 0}, 13);
       CHECK(max_abs_diff(run_forward(*model, none), ref.forward(none)) <= 1e-5);
-      // One candidate (products of one row, not padded to 16), after and
+      // One candidate (products of exactly one row, no padding), after and
       // before larger requests on the same workspace.
       const OwnedBatch single = random_batch(c, {full}, {0}, 14);
       const std::vector<float> single_out = run_forward(*model, single);

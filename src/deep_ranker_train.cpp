@@ -154,7 +154,7 @@ DeepRankerParameters train_deep_ranker(const DeepRankerConfig& config,
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
     std::vector<DeepTaskMetrics> metrics = evaluate(net, params, config, validation);
-    const double mean_auc = detail::deep_mean_auc(config, metrics);
+    const double mean_auc = detail::deep_mean_auc(metrics);
     // Without a defined validation AUC (no validation rows, or one class
     // only) there is nothing to stop on: the latest parameters are kept.
     if (std::isnan(mean_auc) || mean_auc > best_auc) {

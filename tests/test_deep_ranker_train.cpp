@@ -543,9 +543,11 @@ TEST_CASE("training learns a planted click signal", "[deep_train]") {
   CHECK(report.validation[0].examples == shop.validation.candidates);
   CHECK(report.validation[2].examples < shop.validation.candidates);  // dwell: clicks only
   CHECK(report.validation[0].auc == trained[0].auc);
-  CHECK(std::isnan(report.validation[2].auc));
+  CHECK(report.validation[2].auc == trained[2].auc);  // dwell: long vs short
+  CHECK(report.validation[2].auc > 0.5);
   CHECK(std::isnan(report.validation[0].rmse));
-  CHECK(report.best_validation_auc == Approx((trained[0].auc + trained[1].auc) / 2));
+  CHECK(report.best_validation_auc ==
+        Approx((trained[0].auc + trained[1].auc + trained[2].auc) / 3));
 }
 
 TEST_CASE("training is deterministic for a seed and thread count", "[deep_train]") {
@@ -596,7 +598,7 @@ TEST_CASE("early stopping stops after `patience` epochs without improvement and 
   CHECK(report.epochs == report.best_epoch + train.patience);
   // The kept parameters are the best epoch's: their validation AUC is the reported best.
   const auto kept = metrics_of(shop.config, values_of(params), shop.validation);
-  CHECK(funnel::detail::deep_mean_auc(shop.config, kept) == report.best_validation_auc);
+  CHECK(funnel::detail::deep_mean_auc(kept) == report.best_validation_auc);
 
   // With patience beyond the epochs, every epoch runs.
   train.max_epochs = 3;
@@ -685,11 +687,11 @@ TEST_CASE("deep_task_metrics against hand-computed values", "[deep_train]") {
   const std::vector<float> outputs = {0.9F, 0.5F, 1.0F,  //
                                       0.2F, 0.5F, 2.0F,  //
                                       0.6F, 0.1F, 0.0F,  //
-                                      0.4F, 1.0F, 5.0F};
+                                      0.4F, 1.0F, 0.5F};
   const std::vector<float> labels = {1.0F, 1.0F, 2.0F,  //
                                      0.0F, 0.0F, kNaN,  //
                                      1.0F, 0.0F, 1.0F,  //
-                                     kNaN, kNaN, kNaN};
+                                     kNaN, kNaN, 3.0F};
   const auto m = funnel::detail::deep_task_metrics(c, outputs, labels);
   REQUIRE(m.size() == 3);
   CHECK(m[0].examples == 3);
@@ -702,12 +704,14 @@ TEST_CASE("deep_task_metrics against hand-computed values", "[deep_train]") {
   CHECK(m[1].auc == Approx(1.0));
   CHECK(m[1].log_loss ==
         Approx(-(std::log(0.45) + std::log(0.9) + std::log(0.94)) / 3).epsilon(1e-6));
-  // regression: errors -1 and -1.
-  CHECK(m[2].examples == 2);
-  CHECK(m[2].rmse == Approx(1.0));
-  CHECK(std::isnan(m[2].auc));
+  // regression: errors -1, -1 and -2.5. Its AUC ranks long against short
+  // (label above the median 2): the one long row (3, scored 0.5) against the
+  // short ones scored 1.0 and 0.0 wins one pair of two.
+  CHECK(m[2].examples == 3);
+  CHECK(m[2].rmse == Approx(std::sqrt((1.0 + 1.0 + 6.25) / 3)));
+  CHECK(m[2].auc == Approx(0.5));
   CHECK(std::isnan(m[2].log_loss));
-  CHECK(funnel::detail::deep_mean_auc(c, m) == Approx(1.0));
+  CHECK(funnel::detail::deep_mean_auc(m) == Approx((1.0 + 1.0 + 0.5) / 3));
 }
 
 TEST_CASE("train_deep_ranker rejects bad input with clear errors", "[deep_train]") {

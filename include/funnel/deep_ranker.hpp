@@ -390,8 +390,9 @@ DeepTrainConfig::Optimizer parse_deep_optimizer(std::string_view name);
 struct DeepTaskMetrics {
   std::string task;
   std::size_t examples = 0;  ///< labelled validation rows
-  double auc = 0.0;       ///< binary: vs its label; ctcvr: p_parent * p vs the joint label; NaN for
-                          ///< regression or one class
+  double auc = 0.0;       ///< binary: vs its label; ctcvr: p_parent * p vs the joint label;
+                          ///< regression: long (label above the rows' median) vs short, as
+                          ///< `funnel eval` ranks dwell; NaN with one class
   double log_loss = 0.0;  ///< binary / ctcvr (of the joint probability); NaN for regression
   double rmse = 0.0;      ///< regression (in the label's log space); NaN otherwise
 };
@@ -402,7 +403,7 @@ struct DeepTrainReport {
   std::size_t validation_examples = 0;
   std::size_t epochs = 0;                   ///< epochs run, early stopping included
   std::size_t best_epoch = 0;               ///< 1-based epoch whose parameters were kept
-  double best_validation_auc = 0.0;         ///< mean AUC over binary and ctcvr tasks
+  double best_validation_auc = 0.0;         ///< mean AUC over every task (DeepTaskMetrics::auc)
   std::vector<DeepTaskMetrics> validation;  ///< of the kept parameters
   double examples_per_second = 0.0;         ///< training throughput (forward + backward + update)
 };
@@ -411,7 +412,8 @@ struct DeepTrainReport {
 /// or AdamW, weight decay, dropout, shuffling and initialisation from
 /// `train.seed` (He-uniform for ReLU layers, Xavier-uniform for the others,
 /// N(0, 0.05) embeddings, zero biases), early stopping on the mean
-/// validation AUC, keeping the best epoch's parameters. Deterministic for a
+/// validation AUC of every task (regression heads ranked long vs short),
+/// keeping the best epoch's parameters. Deterministic for a
 /// given seed and thread count.
 /// @throws Error(invalid_argument) for an invalid config, examples that do
 ///         not match it, or an empty training set.

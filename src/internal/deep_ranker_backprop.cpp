@@ -1058,11 +1058,13 @@ std::vector<DeepTaskMetrics> deep_task_metrics(const DeepRankerConfig& config,
   std::vector<DeepTaskMetrics> result;
   std::vector<float> scores;
   std::vector<int> ys;
+  std::vector<float> targets;
   for (std::size_t t = 0; t < tasks; ++t) {
     const auto& task = config.tasks[t];
     DeepTaskMetrics m{task.name, 0, kNaN, kNaN, kNaN};
     scores.clear();
     ys.clear();
+    targets.clear();
     double sum = 0.0;
     std::size_t positives = 0;
     for (std::size_t i = 0; i < n; ++i) {
@@ -1072,6 +1074,8 @@ std::vector<DeepTaskMetrics> deep_task_metrics(const DeepRankerConfig& config,
       double o = outputs[i * tasks + t];
       if (task.kind == DeepTaskKind::regression) {
         sum += (o - y) * (o - y);
+        scores.push_back(static_cast<float>(o));
+        targets.push_back(label);
       } else {
         if (parent[t] >= 0) o *= outputs[i * tasks + static_cast<std::size_t>(parent[t])];
         const double pc = std::clamp(o, kClamp, 1.0 - kClamp);
@@ -1086,6 +1090,20 @@ std::vector<DeepTaskMetrics> deep_task_metrics(const DeepRankerConfig& config,
       const double mean = sum / static_cast<double>(m.examples);
       if (task.kind == DeepTaskKind::regression) {
         m.rmse = std::sqrt(mean);
+        // Long (above the median label) vs short, as `funnel eval` ranks
+        // dwell: lets early stopping watch the regression head too.
+        std::vector<float> sorted = targets;
+        std::sort(sorted.begin(), sorted.end());
+        const std::size_t half = sorted.size() / 2;
+        const double median = sorted.size() % 2 == 1
+                                  ? static_cast<double>(sorted[half])
+                                  : 0.5 * (static_cast<double>(sorted[half - 1]) +
+                                           static_cast<double>(sorted[half]));
+        for (const float y : targets) {
+          ys.push_back(static_cast<double>(y) > median ? 1 : 0);
+          positives += static_cast<double>(y) > median ? 1 : 0;
+        }
+        if (positives > 0 && positives < m.examples) m.auc = auc(scores, ys);
       } else {
         m.log_loss = mean;
         if (positives > 0 && positives < m.examples) m.auc = auc(scores, ys);
@@ -1096,12 +1114,12 @@ std::vector<DeepTaskMetrics> deep_task_metrics(const DeepRankerConfig& config,
   return result;
 }
 
-double deep_mean_auc(const DeepRankerConfig& config, const std::vector<DeepTaskMetrics>& metrics) {
+double deep_mean_auc(const std::vector<DeepTaskMetrics>& metrics) {
   double sum = 0.0;
   std::size_t count = 0;
-  for (std::size_t t = 0; t < metrics.size() && t < config.tasks.size(); ++t) {
-    if (config.tasks[t].kind == DeepTaskKind::regression || std::isnan(metrics[t].auc)) continue;
-    sum += metrics[t].auc;
+  for (const DeepTaskMetrics& m : metrics) {
+    if (std::isnan(m.auc)) continue;
+    sum += m.auc;
     ++count;
   }
   return count == 0 ? std::numeric_limits<double>::quiet_NaN() : sum / static_cast<double>(count);

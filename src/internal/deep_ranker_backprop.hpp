@@ -144,8 +144,9 @@ std::vector<DeepTaskMetrics> deep_task_metrics(const DeepRankerConfig& config,
                                                std::span<const float> outputs,
                                                std::span<const float> labels);
 
-/// Mean AUC over the binary and ctcvr tasks whose AUC is defined; NaN if none.
-double deep_mean_auc(const DeepRankerConfig& config, const std::vector<DeepTaskMetrics>& metrics);
+/// Mean AUC over the tasks whose AUC is defined (a regression task's ranks
+/// long against short, DeepTaskMetrics::auc); NaN if none.
+double deep_mean_auc(const std::vector<DeepTaskMetrics>& metrics);
 
 /// Checks examples against a config: the arrays (validate_deep_examples),
 /// labels (candidates x tasks; binary and ctcvr 0, 1 or NaN; regression finite

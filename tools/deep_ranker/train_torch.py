@@ -29,8 +29,8 @@ Training follows funnel's own trainer (train_deep_ranker, DeepTrainConfig):
     DeepRankerExamples::gather does), reshuffled every epoch from --seed;
   * after each epoch: validation metrics per task (AUC and log loss for binary
     tasks on their label and for ctcvr tasks as p_parent * p vs the joint
-    label; RMSE for regression); the mean AUC over binary and ctcvr tasks
-    drives early stopping (--patience epochs without a better one) and the
+    label; RMSE for regression, and its AUC of long (label above the median)
+    vs short); the mean AUC over every task drives early stopping (--patience epochs without a better one) and the
     best epoch's parameters are exported.
 
 Parallelism: --threads sets torch's intra-op threads per process.
@@ -105,6 +105,8 @@ def task_metrics(cfg, logits, labels):
         if task["kind"] == "regression":
             if y.size:
                 m["rmse"] = float(np.sqrt(np.mean((logits[keep, k] - y) ** 2)))
+                # long (above the median label) vs short, as funnel ranks it
+                m["auc"] = auc(logits[keep, k], y > np.median(y))
         else:
             p = prob[keep, k]
             if task["kind"] == "ctcvr":

@@ -22,6 +22,8 @@
 //
 // Usage: bench_bert_encoder --models-dir DIR --model NAME --out FILE
 //                           [--compute fp32|bf16|int8] [--ref-dir DIR]
+//                           [--fp32-prepack 0|1] [--fp32-small-batch-tokens N]
+//                           (defaults: the library's)
 //                           [--threads 1,2] [--shapes 1x16,1x128,32x128]
 //                           [--warmup 2] [--min-runs 5] [--min-seconds 2]
 //                           [--max-runs 100]
@@ -56,6 +58,8 @@ struct Options {
   fs::path out;
   fs::path ref_dir;
   funnel::BertComputeType compute = funnel::BertComputeType::fp32;
+  bool fp32_prepack = funnel::BertEncoderConfig{}.fp32_prepack;
+  std::size_t fp32_small_batch_tokens = funnel::BertEncoderConfig{}.fp32_small_batch_tokens;
   std::vector<std::size_t> threads = {1, 2};
   std::vector<std::pair<std::size_t, std::size_t>> shapes = {{1, 16}, {1, 128}, {32, 128}};
   std::size_t warmup = 2;
@@ -106,6 +110,11 @@ Options parse_options(int argc, char** argv) {
       } else {
         throw std::invalid_argument("--compute is fp32, bf16 or int8, not " + value);
       }
+    } else if (arg == "--fp32-prepack") {
+      if (value != "0" && value != "1") throw std::invalid_argument("--fp32-prepack is 0 or 1");
+      o.fp32_prepack = value == "1";
+    } else if (arg == "--fp32-small-batch-tokens") {
+      o.fp32_small_batch_tokens = to_size(value);
     } else if (arg == "--threads") {
       o.threads.clear();
       for (const auto& t : split(value, ',')) o.threads.push_back(to_size(t));
@@ -232,6 +241,8 @@ int run(const Options& o) {
     config.compute = o.compute;
     config.threads = threads;
     config.max_batch = max_batch;
+    config.fp32_prepack = o.fp32_prepack;
+    config.fp32_small_batch_tokens = o.fp32_small_batch_tokens;
     const funnel::BertEncoder encoder(config);
 
     for (const Input& in : inputs) {

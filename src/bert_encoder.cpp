@@ -23,6 +23,7 @@
 #include "funnel/safetensors.hpp"
 #include "internal/bert_checkpoint.hpp"
 #include "internal/bert_kernels.hpp"
+#include "internal/bert_small_linear.hpp"
 #include "internal/error_util.hpp"
 #include "internal/utf8.hpp"
 
@@ -43,6 +44,8 @@ using Tag = memory::format_tag;
 constexpr std::size_t kRowAlign = 16;
 // Largest M of one linear-layer call; bigger token counts run in chunks.
 constexpr std::size_t kChunkRows = 512;
+// Columns per OpenMP work item of kern::small_linear (a multiple of its 4).
+constexpr std::size_t kSmallLinearColumns = 64;
 // Most attention scores (floats) materialised at once; sequences of one
 // length are batched into one pair of matrix products up to this bound.
 constexpr std::size_t kScoreBudget = std::size_t{1} << 21;
@@ -747,7 +750,9 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
   };
   std::array<LinearPlan, kLinearKinds> plan;
   std::size_t scratch = 0;
-  for (std::size_t ki = 0; ki < kLinearKinds; ++ki) {
+  const bool use_small = linear_in == Dt::f32 && tokens <= config.fp32_small_batch_tokens &&
+                         layers.front().qkv.w_f32.size() > 0;
+  for (std::size_t ki = 0; ki < kLinearKinds && !use_small; ++ki) {
     if (rows >= kChunkRows)
       plan[ki].full = linear_primitive(static_cast<LinearKind>(ki), kChunkRows);
     if (rows % kChunkRows != 0) {
@@ -801,6 +806,23 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
     const auto ki = static_cast<std::size_t>(kind);
     const std::size_t k = linear_k[ki];
     const std::size_t n = linear_n[ki];
+    if (use_small) {
+      assert(out_dt == Dt::f32 && lw.w_f32.size() == k * n);
+      const kern::LinearEpilogue epilogue = kind == LinearKind::ffn1  ? kern::LinearEpilogue::gelu
+                                            : kind == LinearKind::qkv ? kern::LinearEpilogue::store
+                                                                      : kern::LinearEpilogue::add;
+      const auto* src = reinterpret_cast<const float*>(in);
+      auto* dst = reinterpret_cast<float*>(out);
+      const auto items =
+          static_cast<std::ptrdiff_t>((n + kSmallLinearColumns - 1) / kSmallLinearColumns);
+#pragma omp parallel for if (parallel) schedule(static)
+      for (std::ptrdiff_t item = 0; item < items; ++item) {
+        const std::size_t c0 = static_cast<std::size_t>(item) * kSmallLinearColumns;
+        kern::small_linear(isa, src, tokens, k, lw.w_f32.data(), lw.bias.data(), dst, n, c0,
+                           std::min(n, c0 + kSmallLinearColumns), epilogue);
+      }
+      return;
+    }
     const memory::desc vec_md({1, static_cast<memory::dim>(n)}, Dt::f32, Tag::ab);
     memory mul_mem, add_mem;
     if (int8) {

@@ -416,6 +416,23 @@ std::span<const std::byte> SafetensorsFile::bytes(const TensorInfo& t) const noe
   return {data_ + t.offset, t.bytes};
 }
 
+void SafetensorsFile::drop_pages(const TensorInfo& t) const noexcept {
+  const std::span<const std::byte> b = bytes(t);
+  if (b.empty()) return;
+  const long page_size = ::sysconf(_SC_PAGESIZE);
+  if (page_size <= 0) return;
+  const auto page = static_cast<std::size_t>(page_size);
+  // Whole pages inside the tensor only: a page shared with a neighbour stays.
+  const std::size_t from = static_cast<std::size_t>(b.data() - map_);
+  const std::size_t first = (from + page - 1) / page * page;
+  const std::size_t last = (from + b.size()) / page * page;
+  if (last <= first) return;
+  // madvise takes a non-const pointer; MADV_DONTNEED on a read-only private
+  // file mapping only unmaps the pages (the next read maps them again from
+  // the file), it never writes.
+  (void)::madvise(const_cast<std::byte*>(map_ + first), last - first, MADV_DONTNEED);
+}
+
 std::span<const float> SafetensorsFile::f32_view(const TensorInfo& t) const {
   if (t.dtype != TensorDType::f32)
     detail::fail(ErrorCode::format, "tensor '", t.name, "' in '", path_.string(), "' is ",

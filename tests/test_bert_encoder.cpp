@@ -25,6 +25,7 @@
 #include "funnel/npy.hpp"
 #include "funnel/safetensors.hpp"
 #include "internal/bert_kernels.hpp"
+#include "internal/bert_small_linear.hpp"
 #include "test_util.hpp"
 
 namespace fs = std::filesystem;
@@ -215,6 +216,28 @@ TEST_CASE("BertEncoder fp32: prepacked weights give the same results", "[bert]")
     const BertEncoder enc(c);
     const auto out = enc.forward(f.ids.view(), f.mask.view());
     for (std::size_t r = 0; r < f.batch(); ++r) CHECK(max_hidden_error(out.hidden, f, r) <= 1e-4F);
+  }
+}
+
+TEST_CASE("BertEncoder fp32: oneDNN and funnel's small-batch kernel both match the reference",
+          "[bert]") {
+  // The fixtures' batches are a few dozen tokens: the default runs them on
+  // the small-batch kernel; 0 sends every batch to oneDNN.
+  for (const char* name : {"tiny_f32_cls", "tiny_f16_mean_st"}) {
+    const Fixture f = load_fixture(name);
+    for (const std::size_t limit : {std::size_t{0}, std::size_t{1} << 20}) {
+      for (const std::size_t threads : {1, 2}) {
+        INFO(name << ", fp32_small_batch_tokens " << limit << ", threads " << threads);
+        BertEncoderConfig c = config_for(fixture_dir(name));
+        c.fp32_small_batch_tokens = limit;
+        c.threads = threads;
+        const BertEncoder enc(c);
+        const auto out = enc.forward(f.ids.view(), f.mask.view());
+        for (std::size_t r = 0; r < f.batch(); ++r) {
+          CHECK(max_hidden_error(out.hidden, f, r) <= 1e-4F);
+        }
+      }
+    }
   }
 }
 
@@ -773,4 +796,74 @@ TEST_CASE("BertEncoder kernels: LayerNorm, softmax, bf16 and u8 agree across pat
   CHECK(k::to_bf16(1.0F + 1.0F / 256.0F) == 0x3F80);
   CHECK(k::to_bf16(1.0F + 3.0F / 256.0F) == 0x3F82);
   CHECK(k::from_bf16(0x3F80) == 1.0F);
+}
+
+TEST_CASE("BertEncoder kernels: small_linear against a double-precision product",
+          "[bert][kernels]") {
+  namespace k = funnel::detail::bert;
+  const k::KernelIsa cpu = k::detect_isa();
+  const k::KernelIsa none{};
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0F, 1.0F);
+  const double sqrt_half = std::sqrt(0.5);
+  // Row, K and column counts around the kernel's blocks of 4 x 4 and its
+  // 16-float vectors, and the MiniLM shapes.
+  for (const std::size_t rows : {1U, 3U, 4U, 6U, 16U}) {
+    for (const std::size_t kk : {1U, 15U, 16U, 33U, 384U}) {
+      for (const std::size_t n : {1U, 4U, 7U, 13U}) {
+        std::vector<float> x(rows * kk), w(n * kk), bias(n), base(rows * n);
+        for (float& v : x) v = normal(rng);
+        for (float& v : w) v = normal(rng) / std::sqrt(static_cast<float>(kk));
+        for (float& v : bias) v = normal(rng);
+        for (float& v : base) v = normal(rng);
+        for (const k::LinearEpilogue ep :
+             {k::LinearEpilogue::store, k::LinearEpilogue::gelu, k::LinearEpilogue::add}) {
+          for (const k::KernelIsa isa : {none, cpu}) {
+            INFO("rows " << rows << " k " << kk << " n " << n << " epilogue "
+                         << static_cast<int>(ep) << " avx512 " << isa.avx512);
+            std::vector<float> out = base;
+            // Two column ranges, as threads call it; the second starts off
+            // a multiple of 4.
+            const std::size_t split = n / 2 + (n > 2 ? 1 : 0);
+            k::small_linear(isa, x.data(), rows, kk, w.data(), bias.data(), out.data(), n, 0, split,
+                            ep);
+            k::small_linear(isa, x.data(), rows, kk, w.data(), bias.data(), out.data(), n, split, n,
+                            ep);
+            for (std::size_t m = 0; m < rows; ++m) {
+              for (std::size_t c = 0; c < n; ++c) {
+                double v = bias[c];
+                for (std::size_t i = 0; i < kk; ++i) {
+                  v += static_cast<double>(x[m * kk + i]) * w[c * kk + i];
+                }
+                if (ep == k::LinearEpilogue::gelu) v = 0.5 * v * (1.0 + std::erf(v * sqrt_half));
+                if (ep == k::LinearEpilogue::add) v += base[m * n + c];
+                CHECK(out[m * n + c] == Approx(v).margin(2e-6 * (1.0 + std::fabs(v))));
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  // The GELU epilogue over a grid of values (x = 1, k = 1: out = gelu(w)),
+  // far tails included.
+  std::vector<float> grid;
+  for (int i = -32; i <= 32; ++i) grid.push_back(0.37F * static_cast<float>(i));
+  const std::vector<float> one{1.0F};
+  const std::vector<float> zero(grid.size(), 0.0F);
+  for (const k::KernelIsa isa : {none, cpu}) {
+    std::vector<float> out(grid.size());
+    k::small_linear(isa, one.data(), 1, 1, grid.data(), zero.data(), out.data(), grid.size(), 0,
+                    grid.size(), k::LinearEpilogue::gelu);
+    for (std::size_t i = 0; i < grid.size(); ++i) {
+      const double v = grid[i];
+      INFO("v " << v << " avx512 " << isa.avx512);
+      CHECK(out[i] ==
+            Approx(0.5 * v * (1.0 + std::erf(v * sqrt_half))).margin(5e-7 * (1 + std::fabs(v))));
+    }
+  }
+  // GELU by hand: gelu(0) = 0, gelu(1) = Phi(1) = 0.8413447, gelu(-3) = -3 Phi(-3).
+  CHECK(k::gelu_erf(0.0F) == 0.0F);
+  CHECK(k::gelu_erf(1.0F) == Approx(0.8413447460685429).epsilon(1e-6));
+  CHECK(k::gelu_erf(-3.0F) == Approx(-3.0 * 0.0013498980316301).epsilon(1e-5));
 }

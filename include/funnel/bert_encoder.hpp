@@ -115,6 +115,11 @@ struct BertEncoderConfig {
   /// saves the per-call repacking that dominates short batches (about 1.4x
   /// faster at 1 x 16 tokens, the same at 32 x 128).
   bool fp32_prepack = false;
+  /// fp32 on weights in the file's layout (without fp32_prepack): a batch of
+  /// at most this many tokens runs funnel's own kernel, which streams the
+  /// mapped weights once in place, instead of oneDNN's, which repacks them on
+  /// every call (most of the time of a short batch). 0: always oneDNN.
+  std::size_t fp32_small_batch_tokens = 64;
 
   /// Checks the fields that do not need the checkpoint: checkpoint_dir not
   /// empty, threads in [1, kMaxThreads], max_length >= 2, max_batch >= 1,

@@ -390,11 +390,11 @@ DeepTrainConfig::Optimizer parse_deep_optimizer(std::string_view name);
 struct DeepTaskMetrics {
   std::string task;
   std::size_t examples = 0;  ///< labelled validation rows
-  double auc = 0.0;       ///< binary: vs its label; ctcvr: p_parent * p vs the joint label;
-                          ///< regression: long (label above the rows' median) vs short, as
-                          ///< `funnel eval` ranks dwell; NaN with one class
-  double log_loss = 0.0;  ///< binary / ctcvr (of the joint probability); NaN for regression
-  double rmse = 0.0;      ///< regression (in the label's log space); NaN otherwise
+  double auc = 0.0;          ///< binary: vs its label; ctcvr: p_parent * p vs the joint label;
+                             ///< regression: long (label above the rows' median) vs short, as
+                             ///< `funnel eval` ranks dwell; NaN with one class
+  double log_loss = 0.0;     ///< binary / ctcvr (of the joint probability); NaN for regression
+  double rmse = 0.0;         ///< regression (in the label's log space); NaN otherwise
 };
 
 /// What training did.

@@ -104,6 +104,15 @@ class SafetensorsFile {
   /// @param[in] t an entry of tensors() of this file
   [[nodiscard]] std::span<const std::byte> bytes(const TensorInfo& t) const noexcept;
 
+  /// Drops the tensor's pages from the process's resident set, for a caller
+  /// that copied the data and no longer reads the mapping: the memory is
+  /// returned at once instead of staying resident until the file is closed.
+  /// The bytes stay readable (a later read maps them again from the file).
+  /// Pages the tensor shares with a neighbour are kept. Only a hint: errors
+  /// are ignored.
+  /// @param[in] t an entry of tensors() of this file
+  void drop_pages(const TensorInfo& t) const noexcept;
+
   /// An F32 tensor as floats in the mapping (zero-copy), elements() of them.
   /// @throws Error(format) naming the tensor and file when its dtype is not
   ///         F32 or its data is not 4-byte aligned in the file.

@@ -1095,10 +1095,10 @@ std::vector<DeepTaskMetrics> deep_task_metrics(const DeepRankerConfig& config,
         std::vector<float> sorted = targets;
         std::sort(sorted.begin(), sorted.end());
         const std::size_t half = sorted.size() / 2;
-        const double median = sorted.size() % 2 == 1
-                                  ? static_cast<double>(sorted[half])
-                                  : 0.5 * (static_cast<double>(sorted[half - 1]) +
-                                           static_cast<double>(sorted[half]));
+        const double median =
+            sorted.size() % 2 == 1
+                ? static_cast<double>(sorted[half])
+                : 0.5 * (static_cast<double>(sorted[half - 1]) + static_cast<double>(sorted[half]));
         for (const float y : targets) {
           ys.push_back(static_cast<double>(y) > median ? 1 : 0);
           positives += static_cast<double>(y) > median ? 1 : 0;

@@ -438,7 +438,9 @@ FloatParam BertEncoder::Impl::load_param(const std::string& name,
       return FloatParam::view(weights_file->f32_view(t));
     }
   }
-  return FloatParam::own(weights_file->to_f32(t));
+  FloatParam copy = FloatParam::own(weights_file->to_f32(t));
+  weights_file->drop_pages(t);  // converted: the mapping is not read again
+  return copy;
 }
 
 dnnl::matmul::primitive_desc BertEncoder::Impl::linear_pd(LinearKind kind, std::size_t m,
@@ -579,6 +581,8 @@ void BertEncoder::Impl::load_weights() {
         const FloatParam bp = load_param(name + ".bias", {h});
         std::copy_n(wp.data(), h * h, w.begin() + static_cast<std::ptrdiff_t>(p * h * h));
         std::copy_n(bp.data(), h, b.begin() + static_cast<std::ptrdiff_t>(p * h));
+        // Every compute type reads the fused copy, never the mapped parts.
+        weights_file->drop_pages(weights_file->at(info.tensor_prefix + name + ".weight"));
       }
       prepare_linear(lw.qkv, LinearKind::qkv, std::move(w), {}, std::move(b));
     }
@@ -587,6 +591,11 @@ void BertEncoder::Impl::load_weights() {
       FloatParam w = load_param(name + ".weight", {n_out, n_in});
       std::vector<float> b = to_vector(load_param(name + ".bias", {n_out}));
       prepare_linear(out, kind, {}, std::move(w), std::move(b));
+      // Only fp32 in place reads the mapped weights after load; every other
+      // path has its own reordered copy, so one copy stays resident.
+      if (!out.w_f32.mapped()) {
+        weights_file->drop_pages(weights_file->at(info.tensor_prefix + name + ".weight"));
+      }
     };
     linear(lw.out, LinearKind::out, base + "attention.output.dense", h, h);
     lw.ln_attention = layer_norm(base + "attention.output.LayerNorm");
@@ -771,6 +780,8 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
         {scratch, att_plan.back().first->scratch_bytes, att_plan.back().second->scratch_bytes});
   }
   const std::size_t o_scratch = carve.add(scratch);
+  const std::size_t o_small =
+      use_small ? carve.add(kern::small_linear_ld(tokens) * std::max(h, f) * 4) : 0;
 
   std::byte* base = ws.reserve(carve.size());
   auto* x = reinterpret_cast<float*>(base + o_x);
@@ -785,6 +796,7 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
   std::byte* ffn = base + o_ffn;
   auto* ffnq = reinterpret_cast<std::uint8_t*>(base + o_ffnq);
   auto* qvec = reinterpret_cast<float*>(base + o_qvec);
+  auto* small_in = reinterpret_cast<float*>(base + o_small);  // packed input of small_linear
   const memory scratch_mem({{static_cast<memory::dim>(scratch)}, Dt::u8, Tag::a}, engine,
                            base + o_scratch);
 
@@ -811,14 +823,14 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
       const kern::LinearEpilogue epilogue = kind == LinearKind::ffn1  ? kern::LinearEpilogue::gelu
                                             : kind == LinearKind::qkv ? kern::LinearEpilogue::store
                                                                       : kern::LinearEpilogue::add;
-      const auto* src = reinterpret_cast<const float*>(in);
+      kern::pack_small_linear_input(reinterpret_cast<const float*>(in), tokens, k, small_in);
       auto* dst = reinterpret_cast<float*>(out);
       const auto items =
           static_cast<std::ptrdiff_t>((n + kSmallLinearColumns - 1) / kSmallLinearColumns);
 #pragma omp parallel for if (parallel) schedule(static)
       for (std::ptrdiff_t item = 0; item < items; ++item) {
         const std::size_t c0 = static_cast<std::size_t>(item) * kSmallLinearColumns;
-        kern::small_linear(isa, src, tokens, k, lw.w_f32.data(), lw.bias.data(), dst, n, c0,
+        kern::small_linear(isa, small_in, tokens, k, lw.w_f32.data(), lw.bias.data(), dst, n, c0,
                            std::min(n, c0 + kSmallLinearColumns), epilogue);
       }
       return;

@@ -806,11 +806,11 @@ TEST_CASE("BertEncoder kernels: small_linear against a double-precision product"
   std::mt19937 rng(11);
   std::normal_distribution<float> normal(0.0F, 1.0F);
   const double sqrt_half = std::sqrt(0.5);
-  // Row, K and column counts around the kernel's blocks of 4 x 4 and its
-  // 16-float vectors, and the MiniLM shapes.
-  for (const std::size_t rows : {1U, 3U, 4U, 6U, 16U}) {
+  // Row, K and column counts around the kernel's groups of 16 rows, blocks
+  // of 16 columns and 16-step K loop, and the MiniLM shapes.
+  for (const std::size_t rows : {1U, 3U, 15U, 16U, 17U, 40U}) {
     for (const std::size_t kk : {1U, 15U, 16U, 33U, 384U}) {
-      for (const std::size_t n : {1U, 4U, 7U, 13U}) {
+      for (const std::size_t n : {1U, 7U, 16U, 17U, 40U}) {
         std::vector<float> x(rows * kk), w(n * kk), bias(n), base(rows * n);
         for (float& v : x) v = normal(rng);
         for (float& v : w) v = normal(rng) / std::sqrt(static_cast<float>(kk));
@@ -822,13 +822,15 @@ TEST_CASE("BertEncoder kernels: small_linear against a double-precision product"
             INFO("rows " << rows << " k " << kk << " n " << n << " epilogue "
                          << static_cast<int>(ep) << " avx512 " << isa.avx512);
             std::vector<float> out = base;
+            std::vector<float> xt(kk * k::small_linear_ld(rows), -1.0F);
+            k::pack_small_linear_input(x.data(), rows, kk, xt.data());
             // Two column ranges, as threads call it; the second starts off
-            // a multiple of 4.
+            // a multiple of 16.
             const std::size_t split = n / 2 + (n > 2 ? 1 : 0);
-            k::small_linear(isa, x.data(), rows, kk, w.data(), bias.data(), out.data(), n, 0, split,
-                            ep);
-            k::small_linear(isa, x.data(), rows, kk, w.data(), bias.data(), out.data(), n, split, n,
-                            ep);
+            k::small_linear(isa, xt.data(), rows, kk, w.data(), bias.data(), out.data(), n, 0,
+                            split, ep);
+            k::small_linear(isa, xt.data(), rows, kk, w.data(), bias.data(), out.data(), n, split,
+                            n, ep);
             for (std::size_t m = 0; m < rows; ++m) {
               for (std::size_t c = 0; c < n; ++c) {
                 double v = bias[c];
@@ -853,7 +855,9 @@ TEST_CASE("BertEncoder kernels: small_linear against a double-precision product"
   const std::vector<float> zero(grid.size(), 0.0F);
   for (const k::KernelIsa isa : {none, cpu}) {
     std::vector<float> out(grid.size());
-    k::small_linear(isa, one.data(), 1, 1, grid.data(), zero.data(), out.data(), grid.size(), 0,
+    std::vector<float> xt(k::small_linear_ld(1));
+    k::pack_small_linear_input(one.data(), 1, 1, xt.data());
+    k::small_linear(isa, xt.data(), 1, 1, grid.data(), zero.data(), out.data(), grid.size(), 0,
                     grid.size(), k::LinearEpilogue::gelu);
     for (std::size_t i = 0; i < grid.size(); ++i) {
       const double v = grid[i];
@@ -862,6 +866,17 @@ TEST_CASE("BertEncoder kernels: small_linear against a double-precision product"
             Approx(0.5 * v * (1.0 + std::erf(v * sqrt_half))).margin(5e-7 * (1 + std::fabs(v))));
     }
   }
+  // The packed input by hand: 2 rows x 3 -> 3 vectors of 16, zero-padded.
+  const std::vector<float> x23 = {1, 2, 3, 4, 5, 6};
+  std::vector<float> xt23(3 * 16, -1.0F);
+  k::pack_small_linear_input(x23.data(), 2, 3, xt23.data());
+  CHECK(xt23[0] == 1.0F);
+  CHECK(xt23[1] == 4.0F);
+  CHECK(xt23[16] == 2.0F);
+  CHECK(xt23[17] == 5.0F);
+  CHECK(xt23[33] == 6.0F);
+  CHECK(xt23[2] == 0.0F);
+  CHECK(xt23[47] == 0.0F);
   // GELU by hand: gelu(0) = 0, gelu(1) = Phi(1) = 0.8413447, gelu(-3) = -3 Phi(-3).
   CHECK(k::gelu_erf(0.0F) == 0.0F);
   CHECK(k::gelu_erf(1.0F) == Approx(0.8413447460685429).epsilon(1e-6));

@@ -119,7 +119,7 @@ struct BertEncoderConfig {
   /// at most this many tokens runs funnel's own kernel, which streams the
   /// mapped weights once in place, instead of oneDNN's, which repacks them on
   /// every call (most of the time of a short batch). 0: always oneDNN.
-  std::size_t fp32_small_batch_tokens = 64;
+  std::size_t fp32_small_batch_tokens = 32;
 
   /// Checks the fields that do not need the checkpoint: checkpoint_dir not
   /// empty, threads in [1, kMaxThreads], max_length >= 2, max_batch >= 1,

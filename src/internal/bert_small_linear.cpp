@@ -2,8 +2,10 @@
 #include "internal/bert_small_linear.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 
 namespace funnel::detail::bert {
 namespace {
@@ -16,15 +18,15 @@ float apply(LinearEpilogue epilogue, float v) noexcept {
 
 namespace portable {
 
-void small_linear(const float* x, std::size_t rows, std::size_t k, const float* w,
+void small_linear(const float* xt, std::size_t rows, std::size_t k, const float* w,
                   const float* bias, float* out, std::size_t n_total, std::size_t n_begin,
                   std::size_t n_end, LinearEpilogue epilogue) noexcept {
-  for (std::size_t m = 0; m < rows; ++m) {
-    const float* xm = x + m * k;
-    for (std::size_t n = n_begin; n < n_end; ++n) {
-      const float* wn = w + n * k;
+  const std::size_t ld = small_linear_ld(rows);
+  for (std::size_t n = n_begin; n < n_end; ++n) {
+    const float* wn = w + n * k;
+    for (std::size_t m = 0; m < rows; ++m) {
       float sum = 0.0F;
-      for (std::size_t i = 0; i < k; ++i) sum += xm[i] * wn[i];
+      for (std::size_t i = 0; i < k; ++i) sum += xt[i * ld + m] * wn[i];
       const float v = apply(epilogue, sum + bias[n]);
       float& o = out[m * n_total + n];
       o = epilogue == LinearEpilogue::add ? o + v : v;
@@ -40,7 +42,6 @@ namespace vec {
 #define FUNNEL_SMALL_LINEAR_AVX512 gnu::target("avx512f,avx512bw,avx512vl,avx512dq,fma")
 
 using bert::avx512::exp_ps;
-using bert::avx512::tail_mask;
 
 // erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), with
 // exp_ps for exp(-x^2): 1 - t (a1 + t (a2 + ... a5 t)) exp(-x^2),
@@ -67,126 +68,75 @@ using bert::avx512::tail_mask;
                        _mm512_add_ps(_mm512_set1_ps(1.0F), e));
 }
 
-// Sums of four vectors, per 128-bit lane: lane L of the result holds
-// [sum(a lane L), sum(b lane L), sum(c lane L), sum(d lane L)].
-// (The masked forms with a full mask: GCC 12's unmasked unpack intrinsics
-// use an undefined-vector idiom that -Wuninitialized rejects.)
-[[FUNNEL_SMALL_LINEAR_AVX512]] inline __m512 lane_sums(__m512 a, __m512 b, __m512 c,
-                                                       __m512 d) noexcept {
-  constexpr auto kAll16 = static_cast<__mmask16>(0xFFFF);
-  constexpr auto kAll8 = static_cast<__mmask8>(0xFF);
-  const __m512 ab = _mm512_add_ps(_mm512_mask_unpacklo_ps(a, kAll16, a, b),
-                                  _mm512_mask_unpackhi_ps(a, kAll16, a, b));
-  const __m512 cd = _mm512_add_ps(_mm512_mask_unpacklo_ps(c, kAll16, c, d),
-                                  _mm512_mask_unpackhi_ps(c, kAll16, c, d));
-  const __m512d abd = _mm512_castps_pd(ab);
-  const __m512d cdd = _mm512_castps_pd(cd);
-  return _mm512_add_ps(_mm512_castpd_ps(_mm512_mask_unpacklo_pd(abd, kAll8, abd, cdd)),
-                       _mm512_castpd_ps(_mm512_mask_unpackhi_pd(abd, kAll8, abd, cdd)));
-}
-
-template <int kImm>
-[[FUNNEL_SMALL_LINEAR_AVX512]] inline __m512 shuffle_lanes(__m512 a, __m512 b) noexcept {
-  return _mm512_mask_shuffle_f32x4(a, static_cast<__mmask16>(0xFFFF), a, b, kImm);
-}
-
-// out[m, n] for an MB x NB block (MB, NB <= 4): x rows at stride k, w rows
-// at stride k, out rows at stride ldo.
-template <int MB, int NB>
-[[FUNNEL_SMALL_LINEAR_AVX512]] void block(const float* x, std::size_t k, const float* w,
-                                          const float* bias, float* out, std::size_t ldo,
-                                          LinearEpilogue epilogue, const float* prefetch) noexcept {
-  __m512 acc[4][4];
-#pragma GCC unroll 4
-  for (int m = 0; m < 4; ++m) {
-#pragma GCC unroll 4
-    for (int n = 0; n < 4; ++n) acc[m][n] = _mm512_setzero_ps();
-  }
+// Columns [0, nb) of w (nb <= 16, rows at stride k) against one group of
+// 16 input rows (xt: k vectors of 16, at stride ld): acc[j] holds output
+// column j for the 16 rows. Each weight is broadcast from where it lies into
+// one FMA, so the weights are read exactly once, in order, row by row.
+template <int NB>
+[[FUNNEL_SMALL_LINEAR_AVX512]] void column_block(const float* xt, std::size_t ld, std::size_t k,
+                                                 const float* w, const float* bias, float* out,
+                                                 std::size_t n_total, std::size_t rows,
+                                                 LinearEpilogue epilogue) noexcept {
+  __m512 acc[NB];
+#pragma GCC unroll 16
+  for (int j = 0; j < NB; ++j) acc[j] = _mm512_setzero_ps();
+  const auto row = [&](int j) { return w + static_cast<std::size_t>(j) * k; };
   std::size_t i = 0;
   for (; i + 16 <= k; i += 16) {
-    __m512 wv[NB];
-#pragma GCC unroll 4
-    for (int n = 0; n < NB; ++n) wv[n] = _mm512_loadu_ps(w + static_cast<std::size_t>(n) * k + i);
-    if (prefetch != nullptr) {
-#pragma GCC unroll 4
-      for (int n = 0; n < 4; ++n) {
-        _mm_prefetch(reinterpret_cast<const char*>(prefetch + static_cast<std::size_t>(n) * k + i),
-                     _MM_HINT_T0);
-      }
+    // 8 cache lines ahead in every weight row (about 1,000 cycles).
+#pragma GCC unroll 16
+    for (int j = 0; j < NB; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(row(j) + i + 128), _MM_HINT_T0);
     }
-#pragma GCC unroll 4
-    for (int m = 0; m < MB; ++m) {
-      const __m512 xv = _mm512_loadu_ps(x + static_cast<std::size_t>(m) * k + i);
-#pragma GCC unroll 4
-      for (int n = 0; n < NB; ++n) acc[m][n] = _mm512_fmadd_ps(xv, wv[n], acc[m][n]);
+#pragma GCC unroll 16
+    for (std::size_t ii = i; ii < i + 16; ++ii) {
+      const __m512 a = _mm512_loadu_ps(xt + ii * ld);
+#pragma GCC unroll 16
+      for (int j = 0; j < NB; ++j) acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(row(j)[ii]), a, acc[j]);
     }
   }
-  if (i < k) {
-    const __mmask16 mask = tail_mask(k - i);
-    __m512 wv[NB];
-#pragma GCC unroll 4
-    for (int n = 0; n < NB; ++n) {
-      wv[n] = _mm512_maskz_loadu_ps(mask, w + static_cast<std::size_t>(n) * k + i);
-    }
-#pragma GCC unroll 4
-    for (int m = 0; m < MB; ++m) {
-      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + static_cast<std::size_t>(m) * k + i);
-#pragma GCC unroll 4
-      for (int n = 0; n < NB; ++n) acc[m][n] = _mm512_fmadd_ps(xv, wv[n], acc[m][n]);
-    }
+  for (; i < k; ++i) {
+    const __m512 a = _mm512_loadu_ps(xt + i * ld);
+#pragma GCC unroll 16
+    for (int j = 0; j < NB; ++j) acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(row(j)[i]), a, acc[j]);
   }
-
-  // r[4m + n] = sum of acc[m][n]: lane sums per row, then across lanes.
-  const __m512 u0 = lane_sums(acc[0][0], acc[0][1], acc[0][2], acc[0][3]);
-  const __m512 u1 = lane_sums(acc[1][0], acc[1][1], acc[1][2], acc[1][3]);
-  const __m512 u2 = lane_sums(acc[2][0], acc[2][1], acc[2][2], acc[2][3]);
-  const __m512 u3 = lane_sums(acc[3][0], acc[3][1], acc[3][2], acc[3][3]);
-  const __m512 s01 = _mm512_add_ps(shuffle_lanes<_MM_SHUFFLE(1, 0, 1, 0)>(u0, u1),
-                                   shuffle_lanes<_MM_SHUFFLE(3, 2, 3, 2)>(u0, u1));
-  const __m512 s23 = _mm512_add_ps(shuffle_lanes<_MM_SHUFFLE(1, 0, 1, 0)>(u2, u3),
-                                   shuffle_lanes<_MM_SHUFFLE(3, 2, 3, 2)>(u2, u3));
-  __m512 r = _mm512_add_ps(shuffle_lanes<_MM_SHUFFLE(2, 0, 2, 0)>(s01, s23),
-                           shuffle_lanes<_MM_SHUFFLE(3, 1, 3, 1)>(s01, s23));
-  const auto nmask = static_cast<__mmask8>((1U << static_cast<unsigned>(NB)) - 1U);
-  r = _mm512_add_ps(r,
-                    _mm512_mask_broadcast_f32x4(_mm512_setzero_ps(), static_cast<__mmask16>(0xFFFF),
-                                                _mm_maskz_loadu_ps(nmask, bias)));
-  if (epilogue == LinearEpilogue::gelu) r = gelu_ps(r);
-#pragma GCC unroll 4
-  for (int m = 0; m < MB; ++m) {
-    float* o = out + static_cast<std::size_t>(m) * ldo;
-    __m128 v = _mm512_extractf32x4_ps(r, 0);
-    if (m == 1) v = _mm512_extractf32x4_ps(r, 1);
-    if (m == 2) v = _mm512_extractf32x4_ps(r, 2);
-    if (m == 3) v = _mm512_extractf32x4_ps(r, 3);
-    if (epilogue == LinearEpilogue::add) v = _mm_add_ps(v, _mm_maskz_loadu_ps(nmask, o));
-    _mm_mask_storeu_ps(o, nmask, v);
+  alignas(64) float tile[NB][16];
+#pragma GCC unroll 16
+  for (int j = 0; j < NB; ++j) {
+    __m512 v = _mm512_add_ps(acc[j], _mm512_set1_ps(bias[j]));
+    if (epilogue == LinearEpilogue::gelu) v = gelu_ps(v);
+    _mm512_store_ps(tile[j], v);
+  }
+  for (std::size_t m = 0; m < rows; ++m) {
+    float* o = out + m * n_total;
+    if (epilogue == LinearEpilogue::add) {
+      for (int j = 0; j < NB; ++j) o[j] += tile[j][m];
+    } else {
+      for (int j = 0; j < NB; ++j) o[j] = tile[j][m];
+    }
   }
 }
 
-using BlockFn = void (*)(const float*, std::size_t, const float*, const float*, float*, std::size_t,
-                         LinearEpilogue, const float*) noexcept;
+using BlockFn = void (*)(const float*, std::size_t, std::size_t, const float*, const float*, float*,
+                         std::size_t, std::size_t, LinearEpilogue) noexcept;
 
-template <int MB>
-constexpr BlockFn kRow[4] = {&block<MB, 1>, &block<MB, 2>, &block<MB, 3>, &block<MB, 4>};
-constexpr const BlockFn* kBlocks[4] = {kRow<1>, kRow<2>, kRow<3>, kRow<4>};
+template <std::size_t... J>
+constexpr std::array<BlockFn, sizeof...(J)> block_table(std::index_sequence<J...> /*unused*/) {
+  return {&column_block<static_cast<int>(J) + 1>...};
+}
+constexpr auto kBlocks = block_table(std::make_index_sequence<kSmallLinearGroup>());
 
-void small_linear(const float* x, std::size_t rows, std::size_t k, const float* w,
+void small_linear(const float* xt, std::size_t rows, std::size_t k, const float* w,
                   const float* bias, float* out, std::size_t n_total, std::size_t n_begin,
                   std::size_t n_end, LinearEpilogue epilogue) noexcept {
-  // Weight rows outside, input rows inside: a block of 4 weight rows stays
-  // in L1 while every input row passes over it, so the weights are read
-  // from memory once.
-  for (std::size_t n0 = n_begin; n0 < n_end; n0 += 4) {
-    const std::size_t nb = std::min<std::size_t>(4, n_end - n0);
-    const float* wn = w + n0 * k;
-    // The first row block also pulls the next 4 weight rows into L1 (while
-    // the other row blocks reuse these), so the weight stream never waits.
-    const float* prefetch = n0 + 4 < n_end && n0 + 8 <= n_end ? wn + 4 * k : nullptr;
-    for (std::size_t m0 = 0; m0 < rows; m0 += 4) {
-      const std::size_t mb = std::min<std::size_t>(4, rows - m0);
-      kBlocks[mb - 1][nb - 1](x + m0 * k, k, wn, bias + n0, out + m0 * n_total + n0, n_total,
-                              epilogue, m0 == 0 ? prefetch : nullptr);
+  const std::size_t ld = small_linear_ld(rows);
+  // Weight rows outside, row groups inside: a block of 16 weight rows is
+  // read from memory once and from cache for the other groups.
+  for (std::size_t n0 = n_begin; n0 < n_end; n0 += kSmallLinearGroup) {
+    const std::size_t nb = std::min(kSmallLinearGroup, n_end - n0);
+    for (std::size_t g = 0; g < rows; g += kSmallLinearGroup) {
+      kBlocks[nb - 1](xt + g, ld, k, w + n0 * k, bias + n0, out + g * n_total + n0, n_total,
+                      std::min(kSmallLinearGroup, rows - g), epilogue);
     }
   }
 }
@@ -198,16 +148,25 @@ void small_linear(const float* x, std::size_t rows, std::size_t k, const float* 
 
 }  // namespace
 
-void small_linear(KernelIsa isa, const float* x, std::size_t rows, std::size_t k, const float* w,
+void pack_small_linear_input(const float* x, std::size_t rows, std::size_t k, float* xt) noexcept {
+  const std::size_t ld = small_linear_ld(rows);
+  for (std::size_t i = 0; i < k; ++i) {
+    float* dst = xt + i * ld;
+    for (std::size_t m = 0; m < rows; ++m) dst[m] = x[m * k + i];
+    for (std::size_t m = rows; m < ld; ++m) dst[m] = 0.0F;
+  }
+}
+
+void small_linear(KernelIsa isa, const float* xt, std::size_t rows, std::size_t k, const float* w,
                   const float* bias, float* out, std::size_t n_total, std::size_t n_begin,
                   std::size_t n_end, LinearEpilogue epilogue) noexcept {
 #if FUNNEL_BERT_X86
   if (isa.avx512) {
-    return vec::small_linear(x, rows, k, w, bias, out, n_total, n_begin, n_end, epilogue);
+    return vec::small_linear(xt, rows, k, w, bias, out, n_total, n_begin, n_end, epilogue);
   }
 #endif
   (void)isa;
-  portable::small_linear(x, rows, k, w, bias, out, n_total, n_begin, n_end, epilogue);
+  portable::small_linear(xt, rows, k, w, bias, out, n_total, n_begin, n_end, epilogue);
 }
 
 float gelu_erf(float v) noexcept { return apply(LinearEpilogue::gelu, v); }

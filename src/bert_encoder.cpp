@@ -823,15 +823,25 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
       const kern::LinearEpilogue epilogue = kind == LinearKind::ffn1  ? kern::LinearEpilogue::gelu
                                             : kind == LinearKind::qkv ? kern::LinearEpilogue::store
                                                                       : kern::LinearEpilogue::add;
-      kern::pack_small_linear_input(reinterpret_cast<const float*>(in), tokens, k, small_in);
+      const auto* src = reinterpret_cast<const float*>(in);
       auto* dst = reinterpret_cast<float*>(out);
       const auto items =
           static_cast<std::ptrdiff_t>((n + kSmallLinearColumns - 1) / kSmallLinearColumns);
-#pragma omp parallel for if (parallel) schedule(static)
-      for (std::ptrdiff_t item = 0; item < items; ++item) {
-        const std::size_t c0 = static_cast<std::size_t>(item) * kSmallLinearColumns;
-        kern::small_linear(isa, small_in, tokens, k, lw.w_f32.data(), lw.bias.data(), dst, n, c0,
-                           std::min(n, c0 + kSmallLinearColumns), epilogue);
+      const auto slices = static_cast<std::ptrdiff_t>((k + 63) / 64);
+      // One team for both steps: the packed input, then the output columns.
+#pragma omp parallel if (parallel)
+      {
+#pragma omp for schedule(static)
+        for (std::ptrdiff_t slice = 0; slice < slices; ++slice) {
+          const std::size_t i0 = static_cast<std::size_t>(slice) * 64;
+          kern::pack_small_linear_input(src, tokens, k, small_in, i0, std::min(k, i0 + 64));
+        }
+#pragma omp for schedule(static)
+        for (std::ptrdiff_t item = 0; item < items; ++item) {
+          const std::size_t c0 = static_cast<std::size_t>(item) * kSmallLinearColumns;
+          kern::small_linear(isa, small_in, tokens, k, lw.w_f32.data(), lw.bias.data(), dst, n, c0,
+                             std::min(n, c0 + kSmallLinearColumns), epilogue);
+        }
       }
       return;
     }

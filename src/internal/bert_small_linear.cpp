@@ -148,9 +148,10 @@ void small_linear(const float* xt, std::size_t rows, std::size_t k, const float*
 
 }  // namespace
 
-void pack_small_linear_input(const float* x, std::size_t rows, std::size_t k, float* xt) noexcept {
+void pack_small_linear_input(const float* x, std::size_t rows, std::size_t k, float* xt,
+                             std::size_t i_begin, std::size_t i_end) noexcept {
   const std::size_t ld = small_linear_ld(rows);
-  for (std::size_t i = 0; i < k; ++i) {
+  for (std::size_t i = i_begin; i < i_end; ++i) {
     float* dst = xt + i * ld;
     for (std::size_t m = 0; m < rows; ++m) dst[m] = x[m * k + i];
     for (std::size_t m = rows; m < ld; ++m) dst[m] = 0.0F;

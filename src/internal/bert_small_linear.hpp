@@ -38,7 +38,15 @@ enum class LinearEpilogue {
 
 /// Packs x (rows x k, row stride k) for small_linear: xt[i * ld + m] =
 /// x[m, i] with ld = small_linear_ld(rows), zero for m >= rows; k * ld floats.
-void pack_small_linear_input(const float* x, std::size_t rows, std::size_t k, float* xt) noexcept;
+/// Only the columns i in [i_begin, i_end) (threads split them).
+void pack_small_linear_input(const float* x, std::size_t rows, std::size_t k, float* xt,
+                             std::size_t i_begin, std::size_t i_end) noexcept;
+
+/// All columns.
+inline void pack_small_linear_input(const float* x, std::size_t rows, std::size_t k,
+                                    float* xt) noexcept {
+  pack_small_linear_input(x, rows, k, xt, 0, k);
+}
 
 /// out[m, n] (op)= sum_i x[m, i] * w[n, i] + bias[n] for m < rows and n in
 /// [n_begin, n_end), with x given packed (pack_small_linear_input): w is

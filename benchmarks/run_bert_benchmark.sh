@@ -16,16 +16,19 @@
 # Options: --quick, --models minilm-l6,bert-base, --threads 1,2,
 #          --shapes 1x16,1x128,32x128 (batch x sequence; each must be one that
 #          make_models.py writes),
-#          --no-torch (skip PyTorch), --no-build (use the existing build-bench),
+#          --rounds N (ONNX Runtime and funnel run N interleaved rounds, default
+#          3, quick 1), --no-torch (skip PyTorch), --no-build (use the existing build-bench),
 #          --report-only (rewrite the report from the last run's raw results,
 #          build-bench/bert-results/results.jsonl).
 # Steps: installs onnxruntime-node into benchmarks/bert/node_modules if it is
 # missing (npm ci --ignore-scripts: the CPU binding ships in the package; the
 # install script would only fetch GPU binaries), builds bench_bert_encoder in
 # Release in build-bench/, writes the models to build-bench/bert-models/ (kept
-# between runs), runs every runtime in its own process per model, prints the
-# tables and writes the report. Run it on a quiet machine: every figure is a
-# wall-clock time.
+# between runs), runs every runtime in its own process per model, ONNX Runtime
+# and funnel in alternating rounds (each row's figure is the median of its
+# rounds, so that a slow minute of a shared machine does not decide a ratio),
+# prints the tables and writes the report. Run it on a quiet machine: every
+# figure is a wall-clock time.
 
 set -euo pipefail
 args="$*"
@@ -43,16 +46,18 @@ shapes="1x16,1x128,32x128"
 run_torch=1
 do_build=1
 report_only=0
+rounds=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1 ;;
     --models) models="$2"; shift ;;
     --threads) threads="$2"; shift ;;
     --shapes) shapes="$2"; shift ;;
+    --rounds) rounds="$2"; shift ;;
     --no-torch) run_torch=0 ;;
     --no-build) do_build=0 ;;
     --report-only) report_only=1 ;;
-    -h|--help) sed -n '3,29p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '3,33p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "run_bert_benchmark.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -60,16 +65,22 @@ done
 
 if [[ $quick == 1 ]]; then
   models=${models:-minilm-l6}
+  rounds=${rounds:-1}
   timing=(--warmup 1 --min-runs 3 --min-seconds 0.5 --max-runs 20)
+  torch_timing=("${timing[@]}")
 else
   models=${models:-minilm-l6,bert-base}
+  rounds=${rounds:-3}
   # Each cell: one warm-up call beyond the untimed accuracy call, then at
-  # least 7 timed calls and at least 3 s of them (at most 200).
-  timing=(--warmup 1 --min-runs 7 --min-seconds 3 --max-runs 200)
+  # least 7 timed calls and at least 1 s of them (at most 200) per round;
+  # PyTorch, far slower, runs once with at least 3 s per cell.
+  timing=(--warmup 1 --min-runs 7 --min-seconds 1 --max-runs 200)
+  torch_timing=(--warmup 1 --min-runs 7 --min-seconds 3 --max-runs 200)
 fi
+[[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "run_bert_benchmark.sh: --rounds wants a positive integer" >&2; exit 2; }
 official=0
 if [[ $quick == 0 && $models == minilm-l6,bert-base && $shapes == 1x16,1x128,32x128 &&
-      $threads == 1,2 && $run_torch == 1 ]]; then
+      $threads == 1,2 && $run_torch == 1 && $rounds == 3 ]]; then
   official=1
 fi
 
@@ -108,29 +119,35 @@ rm -f "$results" "$run_info" "$results_dir"/ort_*.npy
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 common=(--models-dir "$models_dir" --out "$results" --ref-dir "$results_dir"
-        --threads "$threads" --shapes "$shapes" "${timing[@]}")
+        --threads "$threads" --shapes "$shapes")
 for model in ${models//,/ }; do
-  # The opset 14 export's outputs are the reference for everyone's accuracy.
-  step "$model: ONNX Runtime fp32 (opset 14)"
-  node "$root/benchmarks/bert/bench_ort.js" --model "$model" --onnx model.onnx --write-ref 1 \
-    "${common[@]}"
-  step "$model: ONNX Runtime fp32 (opset 12, fused attention)"
-  node "$root/benchmarks/bert/bench_ort.js" --model "$model" --onnx model-opset12.onnx "${common[@]}"
+  for round in $(seq "$rounds"); do
+    # The opset 14 export's outputs (first round) are the reference for
+    # everyone's accuracy.
+    write_ref=0
+    [[ $round == 1 ]] && write_ref=1
+    step "$model, round $round of $rounds: ONNX Runtime fp32 (opset 14)"
+    node "$root/benchmarks/bert/bench_ort.js" --model "$model" --onnx model.onnx \
+      --write-ref "$write_ref" "${common[@]}" "${timing[@]}"
+    step "$model, round $round of $rounds: ONNX Runtime fp32 (opset 12, fused attention)"
+    node "$root/benchmarks/bert/bench_ort.js" --model "$model" --onnx model-opset12.onnx \
+      "${common[@]}" "${timing[@]}"
+    for compute in fp32 bf16 int8; do
+      step "$model, round $round of $rounds: funnel $compute"
+      "$bench_funnel" --model "$model" --compute "$compute" "${common[@]}" "${timing[@]}"
+    done
+  done
   if [[ $run_torch == 1 ]]; then
     for impl in hf nn; do
       step "$model: PyTorch fp32 ($impl)"
       "$python" -W ignore "$root/benchmarks/bert/bench_torch.py" --model "$model" --impl "$impl" \
-        "${common[@]}"
+        "${common[@]}" "${torch_timing[@]}"
     done
   fi
-  for compute in fp32 bf16 int8; do
-    step "$model: funnel $compute"
-    "$bench_funnel" --model "$model" --compute "$compute" "${common[@]}"
-  done
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-printf '{"quick": %s, "official": %s, "load_before": "%s", "load_after": "%s", "elapsed_s": %s, "timing": "%s", "args": "%s"}\n' \
-  "$quick" "$official" "$load_before" "$load_after" "$(( $(date +%s) - started ))" "${timing[*]}" "$args" > "$run_info"
+printf '{"quick": %s, "official": %s, "load_before": "%s", "load_after": "%s", "elapsed_s": %s, "timing": "%s", "torch_timing": "%s", "rounds": %s, "args": "%s"}\n' \
+  "$quick" "$official" "$load_before" "$load_after" "$(( $(date +%s) - started ))" "${timing[*]}" "${torch_timing[*]}" "$rounds" "$args" > "$run_info"
 fi  # report_only
 
 step "Report"
@@ -147,23 +164,40 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 from collections import defaultdict
 
 env = os.environ
 info = json.load(open(env["RUN_INFO"], encoding="utf-8"))
 rows = [json.loads(line) for line in open(env["RESULTS"], encoding="utf-8")]
-speed = {}  # (model, b, s, t) -> {variant key: row}
-memory = []
+speed = {}  # (model, b, s, t) -> {variant key: row, its rounds merged}
+memory = {}  # (model, runtime, variant) -> row with the largest peak over the rounds
 unsupported = []
+rounds_of = defaultdict(list)
 for r in rows:
     key = f"{r['runtime']} {r['variant']}"
     if r.get("memory"):
-        memory.append(r)
+        mk = (r["model"], r["runtime"], r["variant"])
+        if mk not in memory or r["peak_rss_mib"] > memory[mk]["peak_rss_mib"]:
+            memory[mk] = r
     elif r.get("unsupported"):
-        unsupported.append(f"{r['model']}: funnel {r['variant']}")
+        if f"{r['model']}: funnel {r['variant']}" not in unsupported:
+            unsupported.append(f"{r['model']}: funnel {r['variant']}")
     else:
-        speed.setdefault((r["model"], r["batch"], r["seq"], r["threads"]), {})[key] = r
+        rounds_of[(r["model"], r["batch"], r["seq"], r["threads"], key)].append(r)
+# A row measured in several rounds (ONNX Runtime and funnel alternate) keeps
+# the first round's accuracy sample and the median of the rounds' medians
+# and p90s: one slow minute of a shared machine does not decide a ratio.
+for (model, b, s_, t, key), rs in rounds_of.items():
+    merged = dict(rs[0])
+    merged["median_ms"] = statistics.median(x["median_ms"] for x in rs)
+    merged["p90_ms"] = statistics.median(x["p90_ms"] for x in rs)
+    merged["tokens_per_s"] = b * s_ / merged["median_ms"] * 1000.0
+    merged["runs"] = sum(x["runs"] for x in rs)
+    merged["round_medians_ms"] = [x["median_ms"] for x in rs]
+    speed.setdefault((model, b, s_, t), {})[key] = merged
+memory = list(memory.values())
 
 MODEL_NAMES = {"minilm-l6": "MiniLM-L6 (6 x 384, 12 heads, FFN 1536)",
                "bert-base": "BERT-base (12 x 768, 12 heads, FFN 3072)"}
@@ -240,7 +274,9 @@ for model in [m for m in MODEL_NAMES if any(k[0] == m for k in speed)]:
                    f"{tagged(best(cell, 'torch'), TORCH_TAGS)} | "
                    f"{fmt_tps(cell.get('funnel fp32'))} | {fmt_tps(cell.get('funnel bf16'))} | "
                    f"{fmt_tps(cell.get('funnel int8'))} | " + " | ".join(verdicts) + " |")
-    out.append("\nLatency per call in ms, median / p90 (runs per cell in the raw results):\n")
+    out.append("\nLatency per call in ms, median / p90 (the median over the rounds of each round's "
+               "median and p90; ONNX Runtime and funnel ran in "
+               f"{info.get('rounds', 1)} alternating round(s), PyTorch once):\n")
     out.append("| batch x seq | threads | ORT opset 14 | ORT opset 12 | PyTorch HF eager "
                "| PyTorch nn fast path | funnel fp32 | funnel bf16 | funnel int8 |")
     out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
@@ -323,7 +359,9 @@ env_lines = [
     f"{platform.release()}. Load average (1/5/15 min) before the runs {info['load_before']}, "
     f"after {info['load_after']}.",
     f"ONNX Runtime {ort_ver} (onnxruntime-node, CPU EP); PyTorch {torch_ver} (Debian); "
-    f"{sh('c++ --version | head -1')}; timing options `{info['timing']}`.",
+    f"{sh('c++ --version | head -1')}; timing options `{info['timing']}` per round, "
+    f"{info.get('rounds', 1)} round(s) of ONNX Runtime and funnel alternating per model; "
+    f"PyTorch once, `{info.get('torch_timing', info['timing'])}`.",
 ]
 text = "\n".join(env_lines + [""] + summary + [""] + out)
 print(text)

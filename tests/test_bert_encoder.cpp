@@ -868,7 +868,7 @@ TEST_CASE("BertEncoder kernels: small_linear against a double-precision product"
   }
   // The packed input by hand: 2 rows x 3 -> 3 vectors of 16, zero-padded.
   const std::vector<float> x23 = {1, 2, 3, 4, 5, 6};
-  std::vector<float> xt23(3 * 16, -1.0F);
+  std::vector<float> xt23(std::size_t{3} * 16, -1.0F);
   k::pack_small_linear_input(x23.data(), 2, 3, xt23.data());
   CHECK(xt23[0] == 1.0F);
   CHECK(xt23[1] == 4.0F);

@@ -44,7 +44,8 @@ using Tag = memory::format_tag;
 constexpr std::size_t kRowAlign = 16;
 // Largest M of one linear-layer call; bigger token counts run in chunks.
 constexpr std::size_t kChunkRows = 512;
-// Columns per OpenMP work item of kern::small_linear (a multiple of its 4).
+// Columns per OpenMP work item of kern::small_linear (a multiple of its
+// 16-column blocks, kern::kSmallLinearGroup).
 constexpr std::size_t kSmallLinearColumns = 64;
 // Most attention scores (floats) materialised at once; sequences of one
 // length are batched into one pair of matrix products up to this bound.

@@ -26,7 +26,17 @@
 //                           (defaults: the library's)
 //                           [--threads 1,2] [--shapes 1x16,1x128,32x128]
 //                           [--warmup 2] [--min-runs 5] [--min-seconds 2]
-//                           [--max-runs 100]
+//                           [--max-runs 100] [--serve 0|1]
+//
+// --serve 1 hands the timing to a driver (benchmarks/bert/interleave.py),
+// which alternates the runtimes call burst by call burst so that they share
+// the machine's slow and fast minutes. After each row's accuracy call and
+// warm-up the program prints "ready <b>x<s> t=<threads>" and reads commands
+// from stdin: "burst <min_ms> <max_calls> <untimed>" makes <untimed> calls,
+// then times calls until min_ms have passed or max_calls are done (at least
+// one) and answers
+// "done <ms>,<ms>,...", and "end" closes the row: its JSON line is written
+// from every call of its bursts, as in the self-timed mode.
 
 #include <algorithm>
 #include <chrono>
@@ -36,6 +46,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -66,6 +77,7 @@ struct Options {
   std::size_t min_runs = 5;
   double min_seconds = 2.0;
   std::size_t max_runs = 100;
+  bool serve = false;
 };
 
 std::vector<std::string> split(std::string_view text, char sep) {
@@ -133,6 +145,9 @@ Options parse_options(int argc, char** argv) {
       o.min_seconds = std::stod(value);
     } else if (arg == "--max-runs") {
       o.max_runs = std::max<std::size_t>(1, to_size(value));
+    } else if (arg == "--serve") {
+      if (value != "0" && value != "1") throw std::invalid_argument("--serve is 0 or 1");
+      o.serve = value == "1";
     } else {
       throw std::invalid_argument("unknown option " + std::string(arg));
     }
@@ -193,6 +208,65 @@ Accuracy compare(const funnel::Matrix<float>& got, const funnel::Matrix<float>& 
   }
   acc.mean_cosine = cosine_sum / static_cast<double>(got.rows());
   return acc;
+}
+
+// Self-timed mode: calls until at least min_runs and min_seconds (at most max_runs).
+template <typename Call>
+std::vector<double> time_calls(const Call& call, const Options& o) {
+  std::vector<double> times_ms;
+  const auto begin = std::chrono::steady_clock::now();
+  for (;;) {
+    const auto t0 = std::chrono::steady_clock::now();
+    [[maybe_unused]] const funnel::BertForwardResult result = call();
+    const auto t1 = std::chrono::steady_clock::now();
+    times_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    const double elapsed = std::chrono::duration<double>(t1 - begin).count();
+    if (times_ms.size() >= o.max_runs) break;
+    if (times_ms.size() >= o.min_runs && elapsed >= o.min_seconds) break;
+  }
+  return times_ms;
+}
+
+// Driven mode (--serve 1): bursts of calls on the driver's command, until "end".
+template <typename Call>
+std::vector<double> serve_calls(const Call& call, std::size_t batch, std::size_t seq,
+                                std::size_t threads) {
+  std::printf("ready %zux%zu t=%zu\n", batch, seq, threads);
+  std::fflush(stdout);
+  std::vector<double> times_ms;
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    if (line == "end") {
+      if (times_ms.empty()) throw std::invalid_argument("--serve: \"end\" before any burst");
+      return times_ms;
+    }
+    double min_ms = 0.0;
+    std::size_t max_calls = 0;
+    std::size_t untimed = 0;
+    if (std::sscanf(line.c_str(), "burst %lf %zu %zu", &min_ms, &max_calls, &untimed) != 3) {
+      throw std::invalid_argument("--serve: unknown command '" + line + "'");
+    }
+    for (std::size_t i = 0; i < untimed; ++i) (void)call();
+    std::string answer = "done ";
+    const auto begin = std::chrono::steady_clock::now();
+    for (std::size_t n = 0;;) {
+      const auto t0 = std::chrono::steady_clock::now();
+      [[maybe_unused]] const funnel::BertForwardResult result = call();
+      const auto t1 = std::chrono::steady_clock::now();
+      const double ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+      times_ms.push_back(ms);
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%s%.6f", n == 0 ? "" : ",", ms);
+      answer += buf;
+      if (++n >= max_calls ||
+          std::chrono::duration<double, std::milli>(t1 - begin).count() >= min_ms) {
+        break;
+      }
+    }
+    std::printf("%s\n", answer.c_str());
+    std::fflush(stdout);
+  }
+  throw std::runtime_error("--serve: stdin closed before \"end\"");
 }
 
 struct Input {
@@ -264,17 +338,8 @@ int run(const Options& o) {
       }
 
       for (std::size_t i = 0; i < o.warmup; ++i) (void)call();
-      std::vector<double> times_ms;
-      const auto begin = std::chrono::steady_clock::now();
-      for (;;) {
-        const auto t0 = std::chrono::steady_clock::now();
-        [[maybe_unused]] const funnel::BertForwardResult result = call();
-        const auto t1 = std::chrono::steady_clock::now();
-        times_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-        const double elapsed = std::chrono::duration<double>(t1 - begin).count();
-        if (times_ms.size() >= o.max_runs) break;
-        if (times_ms.size() >= o.min_runs && elapsed >= o.min_seconds) break;
-      }
+      std::vector<double> times_ms =
+          o.serve ? serve_calls(call, in.batch, in.seq, threads) : time_calls(call, o);
       std::sort(times_ms.begin(), times_ms.end());
       const double median = percentile(times_ms, 0.5);
       const double p90 = percentile(times_ms, 0.9);

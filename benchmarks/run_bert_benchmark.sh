@@ -16,8 +16,9 @@
 # Options: --quick, --models minilm-l6,bert-base, --threads 1,2,
 #          --shapes 1x16,1x128,32x128 (batch x sequence; each must be one that
 #          make_models.py writes),
-#          --rounds N (ONNX Runtime and funnel run N interleaved rounds, default
-#          3, quick 1), --no-torch (skip PyTorch), --no-build (use the existing build-bench),
+#          --rounds N (the least number of rounds in which ONNX Runtime and
+#          funnel take turns, default 5, quick 2), --no-torch (skip PyTorch),
+#          --no-build (use the existing build-bench),
 #          --report-only (rewrite the report from the last run's raw results,
 #          build-bench/bert-results/results.jsonl).
 # Steps: installs onnxruntime-node into benchmarks/bert/node_modules if it is
@@ -25,8 +26,9 @@
 # install script would only fetch GPU binaries), builds bench_bert_encoder in
 # Release in build-bench/, writes the models to build-bench/bert-models/ (kept
 # between runs), runs every runtime in its own process per model, ONNX Runtime
-# and funnel in alternating rounds (each row's figure is the median of its
-# rounds, so that a slow minute of a shared machine does not decide a ratio),
+# and funnel all loaded at once and taking turns burst by burst of calls
+# (benchmarks/bert/interleave.py, so that a slow minute of a shared machine
+# falls on all of them and does not decide a ratio), PyTorch after them,
 # prints the tables and writes the report. Run it on a quiet machine: every
 # figure is a wall-clock time.
 
@@ -65,22 +67,23 @@ done
 
 if [[ $quick == 1 ]]; then
   models=${models:-minilm-l6}
-  rounds=${rounds:-1}
+  rounds=${rounds:-2}
   timing=(--warmup 1 --min-runs 3 --min-seconds 0.5 --max-runs 20)
   torch_timing=("${timing[@]}")
 else
   models=${models:-minilm-l6,bert-base}
-  rounds=${rounds:-3}
+  rounds=${rounds:-5}
   # Each cell: one warm-up call beyond the untimed accuracy call, then at
-  # least 7 timed calls and at least 1 s of them (at most 200) per round;
-  # PyTorch, far slower, runs once with at least 3 s per cell.
+  # least 7 timed calls and at least 1 s of them (at most 200) over at least
+  # 5 turns of each runtime; PyTorch, far slower, runs on its own after them
+  # with at least 3 s per cell.
   timing=(--warmup 1 --min-runs 7 --min-seconds 1 --max-runs 200)
   torch_timing=(--warmup 1 --min-runs 7 --min-seconds 3 --max-runs 200)
 fi
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "run_bert_benchmark.sh: --rounds wants a positive integer" >&2; exit 2; }
 official=0
 if [[ $quick == 0 && $models == minilm-l6,bert-base && $shapes == 1x16,1x128,32x128 &&
-      $threads == 1,2 && $run_torch == 1 && $rounds == 3 ]]; then
+      $threads == 1,2 && $run_torch == 1 && $rounds == 5 ]]; then
   official=1
 fi
 
@@ -115,28 +118,38 @@ step "Models and inputs in $models_dir"
 "$python" "$root/benchmarks/bert/make_models.py" --out "$models_dir" --models "$models"
 
 mkdir -p "$results_dir"
-rm -f "$results" "$run_info" "$results_dir"/ort_*.npy
+rm -f "$results" "$run_info" "$results_dir"/ort_*.npy "$results_dir"/bursts.jsonl \
+  "$results_dir"/reference-run.jsonl
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 
 common=(--models-dir "$models_dir" --out "$results" --ref-dir "$results_dir"
         --threads "$threads" --shapes "$shapes")
+IFS=, read -r -a shape_list <<< "$shapes"
+IFS=, read -r -a thread_list <<< "$threads"
+# interleave.py's options from the timing options (the processes keep --warmup)
+burst_opts=(--min-rounds "$rounds" --min-runs "${timing[3]}" --min-seconds "${timing[5]}"
+            --max-runs "${timing[7]}")
+q() { printf '%q ' "$@"; }
 for model in ${models//,/ }; do
-  for round in $(seq "$rounds"); do
-    # The opset 14 export's outputs (first round) are the reference for
-    # everyone's accuracy.
-    write_ref=0
-    [[ $round == 1 ]] && write_ref=1
-    step "$model, round $round of $rounds: ONNX Runtime fp32 (opset 14)"
-    node "$root/benchmarks/bert/bench_ort.js" --model "$model" --onnx model.onnx \
-      --write-ref "$write_ref" "${common[@]}" "${timing[@]}"
-    step "$model, round $round of $rounds: ONNX Runtime fp32 (opset 12, fused attention)"
-    node "$root/benchmarks/bert/bench_ort.js" --model "$model" --onnx model-opset12.onnx \
-      "${common[@]}" "${timing[@]}"
-    for compute in fp32 bf16 int8; do
-      step "$model, round $round of $rounds: funnel $compute"
-      "$bench_funnel" --model "$model" --compute "$compute" "${common[@]}" "${timing[@]}"
-    done
+  # The opset 14 export's outputs are the reference for everyone's accuracy:
+  # written first, by a run of its own (one call per shape, not timed), since
+  # the interleaved processes below compute their accuracy concurrently.
+  step "$model: reference outputs (ONNX Runtime fp32, opset 14)"
+  node "$root/benchmarks/bert/bench_ort.js" --model "$model" --onnx model.onnx --write-ref 1 \
+    --models-dir "$models_dir" --out "$results_dir/reference-run.jsonl" --ref-dir "$results_dir" \
+    --threads "${thread_list[0]}" --shapes "$shapes" --warmup 0 --min-runs 1 --min-seconds 0 --max-runs 1 \
+    > /dev/null
+  step "$model: ONNX Runtime fp32 (opset 14; opset 12, fused attention) and funnel fp32, bf16, int8, taking turns"
+  procs=(--proc "ort-o14" "$(q node "$root/benchmarks/bert/bench_ort.js" --model "$model" --onnx model.onnx \
+                              "${common[@]}" --warmup "${timing[1]}" --serve 1)"
+         --proc "ort-o12" "$(q node "$root/benchmarks/bert/bench_ort.js" --model "$model" \
+                              --onnx model-opset12.onnx "${common[@]}" --warmup "${timing[1]}" --serve 1)")
+  for compute in fp32 bf16 int8; do
+    procs+=(--proc "funnel-$compute" "$(q "$bench_funnel" --model "$model" --compute "$compute" \
+                                        "${common[@]}" --warmup "${timing[1]}" --serve 1)")
   done
+  "$python" "$root/benchmarks/bert/interleave.py" --rows $(( ${#shape_list[@]} * ${#thread_list[@]} )) \
+    "${burst_opts[@]}" --bursts-out "$results_dir/bursts.jsonl" --tag "$model" "${procs[@]}"
   if [[ $run_torch == 1 ]]; then
     for impl in hf nn; do
       step "$model: PyTorch fp32 ($impl)"
@@ -158,7 +171,7 @@ if [[ $(sed -n 's/.*"official": \([01]\).*/\1/p' "$run_info") == 1 ]]; then
 else
   report="$results_dir/report.md"
 fi
-RESULTS="$results" RUN_INFO="$run_info" REPORT="$report" ROOT="$root" "$python" - <<'PY'
+RESULTS="$results" BURSTS="$results_dir/bursts.jsonl" RUN_INFO="$run_info" REPORT="$report" ROOT="$root" "$python" - <<'PY'
 import datetime
 import json
 import os
@@ -198,6 +211,22 @@ for (model, b, s_, t, key), rs in rounds_of.items():
     merged["round_medians_ms"] = [x["median_ms"] for x in rs]
     speed.setdefault((model, b, s_, t), {})[key] = merged
 memory = list(memory.values())
+
+# funnel fp32 / ONNX Runtime in each round of turns (interleave.py's bursts):
+# the ratio of the two bursts' medians, against the faster export in that
+# round. Its range shows how far the machine's drift still moves a row.
+round_ratios = {}  # (model, b, s, t) -> [ratio per round]
+if os.path.exists(env["BURSTS"]):
+    by_round = defaultdict(dict)
+    for line in open(env["BURSTS"], encoding="utf-8"):
+        x = json.loads(line)
+        m = re.match(r"(\d+)x(\d+) t=(\d+)$", x["row"])
+        key = (x["tag"], int(m[1]), int(m[2]), int(m[3]))
+        by_round[key + (x["round"],)][x["label"]] = statistics.median(x["times_ms"])
+    for (model, b, s_, t, rnd), med in sorted(by_round.items()):
+        ort_ms = min((v for k, v in med.items() if k.startswith("ort-")), default=None)
+        if ort_ms and "funnel-fp32" in med:
+            round_ratios.setdefault((model, b, s_, t), []).append(ort_ms / med["funnel-fp32"])
 
 MODEL_NAMES = {"minilm-l6": "MiniLM-L6 (6 x 384, 12 heads, FFN 1536)",
                "bert-base": "BERT-base (12 x 768, 12 heads, FFN 3072)"}
@@ -256,12 +285,17 @@ for model in [m for m in MODEL_NAMES if any(k[0] == m for k in speed)]:
     keys = sorted(k for k in speed if k[0] == model)
     out.append(f"### {MODEL_NAMES[model]}\n")
     out.append("Throughput in tokens/s (batch x sequence tokens / median latency) and "
-               "funnel's ratio to each peer (PASS / SHORT against the target):\n")
+               "funnel's ratio to each peer (PASS / SHORT against the target; 'per round': "
+               "the lowest and highest fp32 / ORT over the rounds of turns, each from the "
+               "two runtimes' bursts of that round):\n")
     out.append("| batch x seq | threads | ORT fp32 | PyTorch fp32 | funnel fp32 | funnel bf16 "
-               "| funnel int8 | fp32 / ORT | bf16 / ORT | int8 / ORT | fp32 / PyTorch |")
-    out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+               "| funnel int8 | fp32 / ORT | fp32 / ORT per round | bf16 / ORT | int8 / ORT "
+               "| fp32 / PyTorch |")
+    out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for k in keys:
         cell = speed[k]
+        rr = round_ratios.get(k)
+        spread = f"{min(rr):.2f}-{max(rr):.2f} ({len(rr)})" if rr else "-"
         verdicts = []
         for target in TARGETS:
             ok, txt = verdict(cell, target)
@@ -273,10 +307,11 @@ for model in [m for m in MODEL_NAMES if any(k[0] == m for k in speed)]:
         out.append(f"| {k[1]} x {k[2]} | {k[3]} | {tagged(best(cell, 'ort'), ORT_TAGS)} | "
                    f"{tagged(best(cell, 'torch'), TORCH_TAGS)} | "
                    f"{fmt_tps(cell.get('funnel fp32'))} | {fmt_tps(cell.get('funnel bf16'))} | "
-                   f"{fmt_tps(cell.get('funnel int8'))} | " + " | ".join(verdicts) + " |")
-    out.append("\nLatency per call in ms, median / p90 (the median over the rounds of each round's "
-               "median and p90; ONNX Runtime and funnel ran in "
-               f"{info.get('rounds', 1)} alternating round(s), PyTorch once):\n")
+                   f"{fmt_tps(cell.get('funnel int8'))} | {verdicts[0]} | {spread} | "
+                   + " | ".join(verdicts[1:]) + " |")
+    out.append("\nLatency per call in ms, median / p90 over all timed calls (ONNX Runtime and "
+               "funnel loaded together and taking turns in bursts of calls, at least "
+               f"{info.get('rounds', 1)} turns each; PyTorch on its own after them):\n")
     out.append("| batch x seq | threads | ORT opset 14 | ORT opset 12 | PyTorch HF eager "
                "| PyTorch nn fast path | funnel fp32 | funnel bf16 | funnel int8 |")
     out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
@@ -359,9 +394,10 @@ env_lines = [
     f"{platform.release()}. Load average (1/5/15 min) before the runs {info['load_before']}, "
     f"after {info['load_after']}.",
     f"ONNX Runtime {ort_ver} (onnxruntime-node, CPU EP); PyTorch {torch_ver} (Debian); "
-    f"{sh('c++ --version | head -1')}; timing options `{info['timing']}` per round, "
-    f"{info.get('rounds', 1)} round(s) of ONNX Runtime and funnel alternating per model; "
-    f"PyTorch once, `{info.get('torch_timing', info['timing'])}`.",
+    f"{sh('c++ --version | head -1')}; timing options `{info['timing']}`, ONNX Runtime "
+    f"and funnel taking turns in bursts of at least 200 ms (`benchmarks/bert/interleave.py`, "
+    f"at least {info.get('rounds', 1)} rounds); PyTorch on its own after them, "
+    f"`{info.get('torch_timing', info['timing'])}`.",
 ]
 text = "\n".join(env_lines + [""] + summary + [""] + out)
 print(text)

@@ -21,24 +21,33 @@
 //        --model minilm-l6 --out results.jsonl [--onnx model.onnx]
 //        [--ref-dir DIR [--write-ref 1]] [--threads 1,2]
 //        [--shapes 1x16,1x128,32x128] [--warmup 2] [--min-runs 5]
-//        [--min-seconds 2] [--max-runs 100]
+//        [--min-seconds 2] [--max-runs 100] [--serve 0|1]
+//
+// --serve 1 hands the timing to a driver (benchmarks/bert/interleave.py), as
+// bench_bert_encoder's --serve does: after each row's accuracy call and
+// warm-up it prints "ready <b>x<s> t=<threads>", then answers each
+// "burst <min_ms> <max_calls> <untimed>" on stdin with "done <ms>,<ms>,..."
+// (<untimed> calls, then timed calls until min_ms have passed or max_calls
+// are done, at least one) until "end" closes
+// the row, whose JSON line comes from every call of its bursts.
 
 'use strict';
 
 const fs = require('fs');
 const path = require('path');
+const readline = require('readline');
 const ort = require('onnxruntime-node');
 
 function parseArgs(argv) {
   const args = {
     modelsDir: null, model: null, onnx: 'model.onnx', out: null, refDir: null, writeRef: '0',
     threads: '1,2',
-    shapes: '1x16,1x128,32x128', warmup: 2, minRuns: 5, minSeconds: 2, maxRuns: 100,
+    shapes: '1x16,1x128,32x128', warmup: 2, minRuns: 5, minSeconds: 2, maxRuns: 100, serve: '0',
   };
   const names = {
     '--models-dir': 'modelsDir', '--model': 'model', '--onnx': 'onnx', '--out': 'out', '--ref-dir': 'refDir', '--write-ref': 'writeRef',
     '--threads': 'threads', '--shapes': 'shapes', '--warmup': 'warmup', '--min-runs': 'minRuns',
-    '--min-seconds': 'minSeconds', '--max-runs': 'maxRuns',
+    '--min-seconds': 'minSeconds', '--max-runs': 'maxRuns', '--serve': 'serve',
   };
   for (let i = 2; i < argv.length; i += 2) {
     const key = names[argv[i]];
@@ -107,17 +116,61 @@ function percentile(sorted, p) {
   return sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)];
 }
 
-async function timeShape(session, feeds, args) {
-  for (let i = 0; i < args.warmup; ++i) await session.run(feeds);
+// Lines of stdin, one at a time (driven mode).
+let stdinLines = null;
+async function nextCommand() {
+  if (stdinLines === null) {
+    stdinLines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+  }
+  const { value, done } = await stdinLines.next();
+  if (done) throw new Error('bench_ort.js --serve: stdin closed before "end"');
+  return value;
+}
+
+// Driven mode (--serve 1): bursts of calls on the driver's command, until "end".
+async function serveCalls(session, feeds, label) {
+  process.stdout.write(`ready ${label}\n`);
   const times = [];
-  const begin = process.hrtime.bigint();
   for (;;) {
-    const t0 = process.hrtime.bigint();
-    await session.run(feeds);
-    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
-    const elapsed = Number(process.hrtime.bigint() - begin) / 1e9;
-    if (times.length >= args.maxRuns) break;
-    if (times.length >= args.minRuns && elapsed >= args.minSeconds) break;
+    const line = await nextCommand();
+    if (line === 'end') {
+      if (times.length === 0) throw new Error('bench_ort.js --serve: "end" before any burst');
+      return times;
+    }
+    const m = line.match(/^burst (\S+) (\d+) (\d+)$/);
+    if (!m) throw new Error(`bench_ort.js --serve: unknown command '${line}'`);
+    const minMs = Number(m[1]);
+    const maxCalls = Number(m[2]);
+    for (let i = 0; i < Number(m[3]); ++i) await session.run(feeds);
+    const burst = [];
+    const begin = process.hrtime.bigint();
+    for (;;) {
+      const t0 = process.hrtime.bigint();
+      await session.run(feeds);
+      const t1 = process.hrtime.bigint();
+      burst.push(Number(t1 - t0) / 1e6);
+      if (burst.length >= maxCalls || Number(t1 - begin) / 1e6 >= minMs) break;
+    }
+    times.push(...burst);
+    process.stdout.write(`done ${burst.map((t) => t.toFixed(6)).join(',')}\n`);
+  }
+}
+
+async function timeShape(session, feeds, args, label) {
+  for (let i = 0; i < args.warmup; ++i) await session.run(feeds);
+  let times = [];
+  if (args.serve === '1') {
+    times = await serveCalls(session, feeds, label);
+  } else {
+    const begin = process.hrtime.bigint();
+    for (;;) {
+      const t0 = process.hrtime.bigint();
+      await session.run(feeds);
+      times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      const elapsed = Number(process.hrtime.bigint() - begin) / 1e9;
+      if (times.length >= args.maxRuns) break;
+      if (times.length >= args.minRuns && elapsed >= args.minSeconds) break;
+    }
   }
   times.sort((a, b) => a - b);
   return { runs: times.length, median_ms: percentile(times, 0.5), p90_ms: percentile(times, 0.9) };
@@ -165,7 +218,7 @@ async function main() {
         for (let i = 0; i < ref.data.length; ++i) maxAbs = Math.max(maxAbs, Math.abs(ref.data[i] - hidden.data[i]));
         accuracy.max_abs_diff = maxAbs;
       }
-      const t = await timeShape(session, feeds, args);
+      const t = await timeShape(session, feeds, args, `${b}x${s} t=${threads}`);
       const row = {
         runtime: 'ort', variant, model: args.model, batch: b, seq: s, threads, ...accuracy, ...t,
         tokens_per_s: (b * s) / (t.median_ms / 1e3),

@@ -806,11 +806,12 @@ TEST_CASE("BertEncoder kernels: small_linear against a double-precision product"
   std::mt19937 rng(11);
   std::normal_distribution<float> normal(0.0F, 1.0F);
   const double sqrt_half = std::sqrt(0.5);
-  // Row, K and column counts around the kernel's groups of 16 rows, blocks
-  // of 16 columns and 16-step K loop, and the MiniLM shapes.
-  for (const std::size_t rows : {1U, 3U, 15U, 16U, 17U, 40U}) {
-    for (const std::size_t kk : {1U, 15U, 16U, 33U, 384U}) {
-      for (const std::size_t n : {1U, 7U, 16U, 17U, 40U}) {
+  // Row, K and column counts around the kernel's vectors of 16 rows, its
+  // blocks of 1-4 vectors (16, 12, 8 or 6 columns) and groups of 64 rows,
+  // its 16-step K loop, and the MiniLM shapes.
+  for (const std::size_t rows : {1U, 3U, 15U, 16U, 17U, 40U, 48U, 63U, 64U, 65U, 100U, 130U}) {
+    for (const std::size_t kk : {1U, 15U, 16U, 33U, 200U}) {
+      for (const std::size_t n : {1U, 5U, 6U, 7U, 12U, 13U, 17U, 40U}) {
         std::vector<float> x(rows * kk), w(n * kk), bias(n), base(rows * n);
         for (float& v : x) v = normal(rng);
         for (float& v : w) v = normal(rng) / std::sqrt(static_cast<float>(kk));

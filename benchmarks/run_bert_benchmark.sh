@@ -286,8 +286,8 @@ for model in [m for m in MODEL_NAMES if any(k[0] == m for k in speed)]:
     out.append(f"### {MODEL_NAMES[model]}\n")
     out.append("Throughput in tokens/s (batch x sequence tokens / median latency) and "
                "funnel's ratio to each peer (PASS / SHORT against the target; 'per round': "
-               "the lowest and highest fp32 / ORT over the rounds of turns, each from the "
-               "two runtimes' bursts of that round):\n")
+               "the lowest, highest and median fp32 / ORT over the rounds of turns, each from "
+               "the two runtimes' bursts of that round, and the number of rounds):\n")
     out.append("| batch x seq | threads | ORT fp32 | PyTorch fp32 | funnel fp32 | funnel bf16 "
                "| funnel int8 | fp32 / ORT | fp32 / ORT per round | bf16 / ORT | int8 / ORT "
                "| fp32 / PyTorch |")
@@ -295,7 +295,8 @@ for model in [m for m in MODEL_NAMES if any(k[0] == m for k in speed)]:
     for k in keys:
         cell = speed[k]
         rr = round_ratios.get(k)
-        spread = f"{min(rr):.2f}-{max(rr):.2f} ({len(rr)})" if rr else "-"
+        spread = (f"{min(rr):.2f}-{max(rr):.2f}, median {statistics.median(rr):.2f} ({len(rr)})"
+                  if rr else "-")
         verdicts = []
         for target in TARGETS:
             ok, txt = verdict(cell, target)

@@ -212,10 +212,14 @@ for (model, b, s_, t, key), rs in rounds_of.items():
     speed.setdefault((model, b, s_, t), {})[key] = merged
 memory = list(memory.values())
 
-# funnel fp32 / ONNX Runtime in each round of turns (interleave.py's bursts):
-# the ratio of the two bursts' medians, against the faster export in that
-# round. Its range shows how far the machine's drift still moves a row.
-round_ratios = {}  # (model, b, s, t) -> [ratio per round]
+# funnel / ONNX Runtime in each round of turns (interleave.py's bursts): the
+# ratio of the two bursts' medians, against the faster export in that round.
+# Bursts of one round are seconds apart, so the machine's drift moves both
+# alike; a row's ratio to ONNX Runtime is the median of these paired ratios.
+# (The tokens/s columns are each runtime's median over all its calls: a fast
+# minute gives a runtime of short calls more calls, so their quotient leans
+# towards whichever runtime had more calls in the fast minutes.)
+round_ratios = {}  # (model, b, s, t) -> {"funnel fp32": [ratio per round], ...}
 if os.path.exists(env["BURSTS"]):
     by_round = defaultdict(dict)
     for line in open(env["BURSTS"], encoding="utf-8"):
@@ -225,8 +229,11 @@ if os.path.exists(env["BURSTS"]):
         by_round[key + (x["round"],)][x["label"]] = statistics.median(x["times_ms"])
     for (model, b, s_, t, rnd), med in sorted(by_round.items()):
         ort_ms = min((v for k, v in med.items() if k.startswith("ort-")), default=None)
-        if ort_ms and "funnel-fp32" in med:
-            round_ratios.setdefault((model, b, s_, t), []).append(ort_ms / med["funnel-fp32"])
+        for label, ms in med.items():
+            if ort_ms and label.startswith("funnel-"):
+                variant = "funnel " + label[len("funnel-"):]
+                round_ratios.setdefault((model, b, s_, t), {}).setdefault(variant, []).append(
+                    ort_ms / ms)
 
 MODEL_NAMES = {"minilm-l6": "MiniLM-L6 (6 x 384, 12 heads, FFN 1536)",
                "bert-base": "BERT-base (12 x 768, 12 heads, FFN 3072)"}
@@ -266,12 +273,15 @@ def fmt_lat(r):
     return f"{r['median_ms']:.1f} / {r['p90_ms']:.1f}" if r else "-"
 
 
-def verdict(cell, target):
+def verdict(cell, target, paired):
     _, num, den, need, acc_field, acc_min = target
     a, b = cell.get(num), peer(cell, den)
     if not a or not b:
         return None, "-"
-    ratio = a["tokens_per_s"] / b["tokens_per_s"]
+    if den == "ort" and paired.get(num):
+        ratio = statistics.median(paired[num])  # taking turns: paired by round
+    else:
+        ratio = a["tokens_per_s"] / b["tokens_per_s"]
     ok = ratio >= need
     if acc_field and (a.get(acc_field) is None or a[acc_field] < acc_min):
         return False, f"{ratio:.2f} SHORT (accuracy {a.get(acc_field, float('nan')):.4f} < {acc_min})"
@@ -285,21 +295,24 @@ for model in [m for m in MODEL_NAMES if any(k[0] == m for k in speed)]:
     keys = sorted(k for k in speed if k[0] == model)
     out.append(f"### {MODEL_NAMES[model]}\n")
     out.append("Throughput in tokens/s (batch x sequence tokens / median latency) and "
-               "funnel's ratio to each peer (PASS / SHORT against the target; 'per round': "
-               "the lowest, highest and median fp32 / ORT over the rounds of turns, each from "
-               "the two runtimes' bursts of that round, and the number of rounds):\n")
+               "funnel's ratio to each peer (PASS / SHORT against the target). Ratios to ONNX "
+               "Runtime are paired: in each round of turns, the ratio of the two runtimes' "
+               "burst medians (against the faster export), and the row's ratio is the median "
+               "over the rounds; 'fp32 / ORT per round' gives their lowest and highest and "
+               "the number of rounds. Ratios to PyTorch, which ran on its own, are the "
+               "quotient of the tokens/s:\n")
     out.append("| batch x seq | threads | ORT fp32 | PyTorch fp32 | funnel fp32 | funnel bf16 "
                "| funnel int8 | fp32 / ORT | fp32 / ORT per round | bf16 / ORT | int8 / ORT "
                "| fp32 / PyTorch |")
     out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for k in keys:
         cell = speed[k]
-        rr = round_ratios.get(k)
-        spread = (f"{min(rr):.2f}-{max(rr):.2f}, median {statistics.median(rr):.2f} ({len(rr)})"
-                  if rr else "-")
+        paired = round_ratios.get(k, {})
+        rr = paired.get("funnel fp32")
+        spread = f"{min(rr):.2f}-{max(rr):.2f} ({len(rr)})" if rr else "-"
         verdicts = []
         for target in TARGETS:
-            ok, txt = verdict(cell, target)
+            ok, txt = verdict(cell, target, paired)
             verdicts.append(txt)
             if ok is not None:
                 tally[target[0]][0 if ok else 1] += 1

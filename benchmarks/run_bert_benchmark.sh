@@ -400,7 +400,8 @@ isa = ", ".join(f for f in ["avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
 ort_ver = next((m.get("version") for m in memory if m["runtime"] == "ort"), "?")
 torch_ver = next((m.get("version") for m in memory if m["runtime"] == "torch"), "not run")
 env_lines = [
-    f"Measured {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
+    # the end of the run (run-info.json is written then), also for --report-only
+    f"Measured {datetime.datetime.fromtimestamp(os.path.getmtime(env['RUN_INFO'])).strftime('%Y-%m-%d %H:%M')} by "
     f"`benchmarks/run_bert_benchmark.sh{'' if info['official'] else ' ' + info['args']}` "
     f"({info['elapsed_s'] // 60} min {info['elapsed_s'] % 60} s), funnel at "
     f"{sh('git rev-parse --short HEAD')}{' (with local changes)' if sh('git status --porcelain --untracked-files=no') else ''}.",

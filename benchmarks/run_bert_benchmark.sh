@@ -399,12 +399,14 @@ isa = ", ".join(f for f in ["avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
                 if re.search(rf"\b{f}\b", flags))
 ort_ver = next((m.get("version") for m in memory if m["runtime"] == "ort"), "?")
 torch_ver = next((m.get("version") for m in memory if m["runtime"] == "torch"), "not run")
+# Local changes of funnel; the page this report rewrites is not one.
+dirty = sh("git status --porcelain --untracked-files=no -- . ':!docs/encoder-benchmark.md'")
 env_lines = [
     # the end of the run (run-info.json is written then), also for --report-only
     f"Measured {datetime.datetime.fromtimestamp(os.path.getmtime(env['RUN_INFO'])).strftime('%Y-%m-%d %H:%M')} by "
     f"`benchmarks/run_bert_benchmark.sh{'' if info['official'] else ' ' + info['args']}` "
     f"({info['elapsed_s'] // 60} min {info['elapsed_s'] % 60} s), funnel at "
-    f"{sh('git rev-parse --short HEAD')}{' (with local changes)' if sh('git status --porcelain --untracked-files=no') else ''}.",
+    f"{sh('git rev-parse --short HEAD')}{' (with local changes)' if dirty else ''}.",
     f"CPU: {cpu}, {os.cpu_count()} logical cores ({isa}); {platform.system()} "
     f"{platform.release()}. Load average (1/5/15 min) before the runs {info['load_before']}, "
     f"after {info['load_after']}.",

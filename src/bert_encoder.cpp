@@ -47,6 +47,8 @@ constexpr std::size_t kChunkRows = 512;
 // Columns per OpenMP work item of kern::small_linear (a multiple of its
 // 16-column blocks, kern::kSmallLinearGroup).
 constexpr std::size_t kSmallLinearColumns = 64;
+// Input columns per OpenMP work item of kern::pack_small_linear_input.
+constexpr std::size_t kSmallLinearPackColumns = 64;
 // Most attention scores (floats) materialised at once; sequences of one
 // length are batched into one pair of matrix products up to this bound.
 constexpr std::size_t kScoreBudget = std::size_t{1} << 21;
@@ -828,14 +830,16 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
       auto* dst = reinterpret_cast<float*>(out);
       const auto items =
           static_cast<std::ptrdiff_t>((n + kSmallLinearColumns - 1) / kSmallLinearColumns);
-      const auto slices = static_cast<std::ptrdiff_t>((k + 63) / 64);
+      const auto slices =
+          static_cast<std::ptrdiff_t>((k + kSmallLinearPackColumns - 1) / kSmallLinearPackColumns);
       // One team for both steps: the packed input, then the output columns.
 #pragma omp parallel if (parallel)
       {
 #pragma omp for schedule(static)
         for (std::ptrdiff_t slice = 0; slice < slices; ++slice) {
-          const std::size_t i0 = static_cast<std::size_t>(slice) * 64;
-          kern::pack_small_linear_input(src, tokens, k, small_in, i0, std::min(k, i0 + 64));
+          const std::size_t i0 = static_cast<std::size_t>(slice) * kSmallLinearPackColumns;
+          kern::pack_small_linear_input(src, tokens, k, small_in, i0,
+                                        std::min(k, i0 + kSmallLinearPackColumns));
         }
 #pragma omp for schedule(static)
         for (std::ptrdiff_t item = 0; item < items; ++item) {

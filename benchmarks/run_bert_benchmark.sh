@@ -70,14 +70,18 @@ if [[ $quick == 1 ]]; then
   rounds=${rounds:-2}
   timing=(--warmup 1 --min-runs 3 --min-seconds 0.5 --max-runs 20)
   torch_timing=("${timing[@]}")
+  burst_calls=10
 else
   models=${models:-minilm-l6,bert-base}
   rounds=${rounds:-5}
   # Each cell: one warm-up call beyond the untimed accuracy call, then at
-  # least 7 timed calls and at least 1 s of them (at most 200) over at least
-  # 5 turns of each runtime; PyTorch, far slower, runs on its own after them
-  # with at least 3 s per cell.
-  timing=(--warmup 1 --min-runs 7 --min-seconds 1 --max-runs 200)
+  # least 7 timed calls and at least 3 s of them (at most 1,000) over at
+  # least 5 turns of each runtime, at most 40 calls a turn (so a row of short
+  # calls takes some 15-25 turns: its paired ratio is a median of many
+  # rounds); PyTorch, far slower, runs on its own after them with at least
+  # 3 s per cell.
+  timing=(--warmup 1 --min-runs 7 --min-seconds 3 --max-runs 1000)
+  burst_calls=40
   torch_timing=(--warmup 1 --min-runs 7 --min-seconds 3 --max-runs 200)
 fi
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "run_bert_benchmark.sh: --rounds wants a positive integer" >&2; exit 2; }
@@ -128,7 +132,7 @@ IFS=, read -r -a shape_list <<< "$shapes"
 IFS=, read -r -a thread_list <<< "$threads"
 # interleave.py's options from the timing options (the processes keep --warmup)
 burst_opts=(--min-rounds "$rounds" --min-runs "${timing[3]}" --min-seconds "${timing[5]}"
-            --max-runs "${timing[7]}")
+            --max-runs "${timing[7]}" --burst-max-calls "$burst_calls")
 q() { printf '%q ' "$@"; }
 for model in ${models//,/ }; do
   # The opset 14 export's outputs are the reference for everyone's accuracy:
@@ -159,8 +163,8 @@ for model in ${models//,/ }; do
   fi
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-printf '{"quick": %s, "official": %s, "load_before": "%s", "load_after": "%s", "elapsed_s": %s, "timing": "%s", "torch_timing": "%s", "rounds": %s, "args": "%s"}\n' \
-  "$quick" "$official" "$load_before" "$load_after" "$(( $(date +%s) - started ))" "${timing[*]}" "${torch_timing[*]}" "$rounds" "$args" > "$run_info"
+printf '{"quick": %s, "official": %s, "load_before": "%s", "load_after": "%s", "elapsed_s": %s, "timing": "%s", "torch_timing": "%s", "rounds": %s, "burst_calls": %s, "args": "%s"}\n' \
+  "$quick" "$official" "$load_before" "$load_after" "$(( $(date +%s) - started ))" "${timing[*]}" "${torch_timing[*]}" "$rounds" "$burst_calls" "$args" > "$run_info"
 fi  # report_only
 
 step "Report"
@@ -412,8 +416,9 @@ env_lines = [
     f"after {info['load_after']}.",
     f"ONNX Runtime {ort_ver} (onnxruntime-node, CPU EP); PyTorch {torch_ver} (Debian); "
     f"{sh('c++ --version | head -1')}; timing options `{info['timing']}`, ONNX Runtime "
-    f"and funnel taking turns in bursts of at least 200 ms (`benchmarks/bert/interleave.py`, "
-    f"at least {info.get('rounds', 1)} rounds); PyTorch on its own after them, "
+    f"and funnel taking turns in bursts of at least 200 ms and at most {info.get('burst_calls', 40)} "
+    f"calls (`benchmarks/bert/interleave.py`, at least {info.get('rounds', 1)} rounds); "
+    f"PyTorch on its own after them, "
     f"`{info.get('torch_timing', info['timing'])}`.",
 ]
 text = "\n".join(env_lines + [""] + summary + [""] + out)

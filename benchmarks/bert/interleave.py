@@ -22,8 +22,9 @@ quiet (its threads' CPU time, from /proc/<pid>/task/*/schedstat, stops
 growing), so that a thread pool spinning after its last call (OpenMP's,
 ONNX Runtime's) does not take a core from the next runtime.
 
-  interleave.py --rows N [--min-rounds 5] [--burst-ms 200] [--min-runs 7]
-                [--min-seconds 1] [--max-runs 200] [--bursts-out FILE [--tag TAG]]
+  interleave.py --rows N [--min-rounds 5] [--burst-ms 200] [--burst-max-calls 40]
+                [--min-runs 7] [--min-seconds 1] [--max-runs 200]
+                [--bursts-out FILE [--tag TAG]]
                 --proc LABEL 'COMMAND ...' --proc LABEL 'COMMAND ...' ...
 """
 
@@ -91,6 +92,7 @@ def main():
     ap.add_argument("--min-runs", type=int, default=7)
     ap.add_argument("--min-seconds", type=float, default=1.0)
     ap.add_argument("--max-runs", type=int, default=200)
+    ap.add_argument("--burst-max-calls", type=int, default=40, help="timed calls per burst, at most")
     ap.add_argument("--bursts-out", help="append every burst's times here (JSON lines)")
     ap.add_argument("--tag", default="", help="written into every line of --bursts-out")
     ap.add_argument("--proc", nargs=2, action="append", metavar=("LABEL", "COMMAND"),
@@ -99,7 +101,7 @@ def main():
 
     procs = [Proc(label, command) for label, command in args.proc]
     bursts_out = open(args.bursts_out, "a", encoding="utf-8") if args.bursts_out else None
-    per_burst = max(1, args.max_runs // args.min_rounds)
+    per_burst = max(1, args.burst_max_calls)
     for row_index in range(args.rows):
         rows = {}
         for p in procs:

@@ -45,8 +45,9 @@ constexpr std::size_t kRowAlign = 16;
 // Largest M of one linear-layer call; bigger token counts run in chunks.
 constexpr std::size_t kChunkRows = 512;
 // Columns per OpenMP work item of kern::small_linear (a multiple of its
-// 16-column blocks, kern::kSmallLinearGroup).
+// column blocks, kern::kSmallLinearBlockColumns).
 constexpr std::size_t kSmallLinearColumns = 64;
+static_assert(kSmallLinearColumns % kern::kSmallLinearBlockColumns == 0);
 // Input columns per OpenMP work item of kern::pack_small_linear_input.
 constexpr std::size_t kSmallLinearPackColumns = 64;
 // Most attention scores (floats) materialised at once; sequences of one

@@ -68,22 +68,28 @@ using bert::avx512::exp_ps;
                        _mm512_add_ps(_mm512_set1_ps(1.0F), e));
 }
 
-// Columns [0, nb) of w (nb <= 16, rows at stride k) against one group of
-// 16 input rows (xt: k vectors of 16, at stride ld): acc[j] holds output
-// column j for the 16 rows. Each weight is broadcast from where it lies into
-// one FMA, so the weights are read exactly once, in order, row by row.
+// Columns [0, NB) of w (NB <= kSmallLinearBlockColumns, rows at stride k)
+// against one group of 16 input rows (xt: k vectors of 16, at stride ld):
+// acc[j] holds output column j for the 16 rows (in kParts partial sums over k when
+// NB < 8, so that at least 8 independent FMA chains cover the FMA latency).
+// Each weight is broadcast from where it lies into one FMA, so the weights
+// are read exactly once, in order, row by row.
 template <int NB>
 [[FUNNEL_SMALL_LINEAR_AVX512]] void column_block(const float* xt, std::size_t ld, std::size_t k,
                                                  const float* w, const float* bias, float* out,
                                                  std::size_t n_total, std::size_t rows,
                                                  LinearEpilogue epilogue) noexcept {
-  __m512 acc[NB];
+  constexpr int kParts = NB >= 8 ? 1 : 8 / NB;  // partial sums per column over k
+  __m512 acc[NB][kParts];
 #pragma GCC unroll 16
-  for (int j = 0; j < NB; ++j) acc[j] = _mm512_setzero_ps();
+  for (int j = 0; j < NB; ++j) {
+#pragma GCC unroll 8
+    for (int q = 0; q < kParts; ++q) acc[j][q] = _mm512_setzero_ps();
+  }
   const auto row = [&](int j) { return w + static_cast<std::size_t>(j) * k; };
   std::size_t i = 0;
   for (; i + 16 <= k; i += 16) {
-    // 8 cache lines ahead in every weight row (about 1,000 cycles).
+    // 8 cache lines ahead in every weight row.
 #pragma GCC unroll 16
     for (int j = 0; j < NB; ++j) {
       _mm_prefetch(reinterpret_cast<const char*>(row(j) + i + 128), _MM_HINT_T0);
@@ -92,18 +98,26 @@ template <int NB>
     for (std::size_t ii = i; ii < i + 16; ++ii) {
       const __m512 a = _mm512_loadu_ps(xt + ii * ld);
 #pragma GCC unroll 16
-      for (int j = 0; j < NB; ++j) acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(row(j)[ii]), a, acc[j]);
+      for (int j = 0; j < NB; ++j) {
+        const int q = static_cast<int>(ii % kParts);
+        acc[j][q] = _mm512_fmadd_ps(_mm512_set1_ps(row(j)[ii]), a, acc[j][q]);
+      }
     }
   }
   for (; i < k; ++i) {
     const __m512 a = _mm512_loadu_ps(xt + i * ld);
 #pragma GCC unroll 16
-    for (int j = 0; j < NB; ++j) acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(row(j)[i]), a, acc[j]);
+    for (int j = 0; j < NB; ++j) {
+      acc[j][0] = _mm512_fmadd_ps(_mm512_set1_ps(row(j)[i]), a, acc[j][0]);
+    }
   }
   alignas(64) float tile[NB][16];
 #pragma GCC unroll 16
   for (int j = 0; j < NB; ++j) {
-    __m512 v = _mm512_add_ps(acc[j], _mm512_set1_ps(bias[j]));
+    __m512 v = acc[j][0];
+#pragma GCC unroll 8
+    for (int q = 1; q < kParts; ++q) v = _mm512_add_ps(v, acc[j][q]);
+    v = _mm512_add_ps(v, _mm512_set1_ps(bias[j]));
     if (epilogue == LinearEpilogue::gelu) v = gelu_ps(v);
     _mm512_store_ps(tile[j], v);
   }
@@ -124,16 +138,16 @@ template <std::size_t... J>
 constexpr std::array<BlockFn, sizeof...(J)> block_table(std::index_sequence<J...> /*unused*/) {
   return {&column_block<static_cast<int>(J) + 1>...};
 }
-constexpr auto kBlocks = block_table(std::make_index_sequence<kSmallLinearGroup>());
+constexpr auto kBlocks = block_table(std::make_index_sequence<kSmallLinearBlockColumns>());
 
 void small_linear(const float* xt, std::size_t rows, std::size_t k, const float* w,
                   const float* bias, float* out, std::size_t n_total, std::size_t n_begin,
                   std::size_t n_end, LinearEpilogue epilogue) noexcept {
   const std::size_t ld = small_linear_ld(rows);
-  // Weight rows outside, row groups inside: a block of 16 weight rows is
+  // Weight rows outside, row groups inside: a block of weight rows is
   // read from memory once and from cache for the other groups.
-  for (std::size_t n0 = n_begin; n0 < n_end; n0 += kSmallLinearGroup) {
-    const std::size_t nb = std::min(kSmallLinearGroup, n_end - n0);
+  for (std::size_t n0 = n_begin; n0 < n_end; n0 += kSmallLinearBlockColumns) {
+    const std::size_t nb = std::min(kSmallLinearBlockColumns, n_end - n0);
     for (std::size_t g = 0; g < rows; g += kSmallLinearGroup) {
       kBlocks[nb - 1](xt + g, ld, k, w + n0 * k, bias + n0, out + g * n_total + n0, n_total,
                       std::min(kSmallLinearGroup, rows - g), epilogue);

@@ -70,8 +70,9 @@ using bert::avx512::exp_ps;
 
 // Columns [0, NB) of w (NB <= kSmallLinearBlockColumns, rows at stride k)
 // against one group of 16 input rows (xt: k vectors of 16, at stride ld):
-// acc[j] holds output column j for the 16 rows (in kParts partial sums over k when
-// NB < 8, so that at least 8 independent FMA chains cover the FMA latency).
+// acc[j] holds output column j for the 16 rows (in kParts partial sums over k
+// when NB is narrower than a full block, so that at least
+// kSmallLinearBlockColumns independent FMA chains cover the FMA latency).
 // Each weight is broadcast from where it lies into one FMA, so the weights
 // are read exactly once, in order, row by row.
 template <int NB>
@@ -79,7 +80,8 @@ template <int NB>
                                                  const float* w, const float* bias, float* out,
                                                  std::size_t n_total, std::size_t rows,
                                                  LinearEpilogue epilogue) noexcept {
-  constexpr int kParts = NB >= 8 ? 1 : 8 / NB;  // partial sums per column over k
+  constexpr int kFull = static_cast<int>(kSmallLinearBlockColumns);
+  constexpr int kParts = NB >= kFull ? 1 : kFull / NB;  // partial sums per column over k
   __m512 acc[NB][kParts];
 #pragma GCC unroll 16
   for (int j = 0; j < NB; ++j) {

@@ -210,20 +210,30 @@ Accuracy compare(const funnel::Matrix<float>& got, const funnel::Matrix<float>& 
   return acc;
 }
 
-// Self-timed mode: calls until at least min_runs and min_seconds (at most max_runs).
-template <typename Call>
-std::vector<double> time_calls(const Call& call, const Options& o) {
-  std::vector<double> times_ms;
+// Times calls, appending each call's ms to times_ms, until
+// done(calls timed here, ms since the first of them) is true (at least one).
+template <typename Call, typename Done>
+void time_until(const Call& call, const Done& done, std::vector<double>& times_ms) {
   const auto begin = std::chrono::steady_clock::now();
-  for (;;) {
+  for (std::size_t n = 1;; ++n) {
     const auto t0 = std::chrono::steady_clock::now();
     [[maybe_unused]] const funnel::BertForwardResult result = call();
     const auto t1 = std::chrono::steady_clock::now();
     times_ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
-    const double elapsed = std::chrono::duration<double>(t1 - begin).count();
-    if (times_ms.size() >= o.max_runs) break;
-    if (times_ms.size() >= o.min_runs && elapsed >= o.min_seconds) break;
+    if (done(n, std::chrono::duration<double, std::milli>(t1 - begin).count())) return;
   }
+}
+
+// Self-timed mode: calls until at least min_runs and min_seconds (at most max_runs).
+template <typename Call>
+std::vector<double> time_calls(const Call& call, const Options& o) {
+  std::vector<double> times_ms;
+  time_until(
+      call,
+      [&](std::size_t n, double ms) {
+        return n >= o.max_runs || (n >= o.min_runs && ms >= 1e3 * o.min_seconds);
+      },
+      times_ms);
   return times_ms;
 }
 
@@ -247,21 +257,14 @@ std::vector<double> serve_calls(const Call& call, std::size_t batch, std::size_t
       throw std::invalid_argument("--serve: unknown command '" + line + "'");
     }
     for (std::size_t i = 0; i < untimed; ++i) (void)call();
+    const std::size_t first = times_ms.size();
+    time_until(
+        call, [&](std::size_t n, double ms) { return n >= max_calls || ms >= min_ms; }, times_ms);
     std::string answer = "done ";
-    const auto begin = std::chrono::steady_clock::now();
-    for (std::size_t n = 0;;) {
-      const auto t0 = std::chrono::steady_clock::now();
-      [[maybe_unused]] const funnel::BertForwardResult result = call();
-      const auto t1 = std::chrono::steady_clock::now();
-      const double ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
-      times_ms.push_back(ms);
+    for (std::size_t i = first; i < times_ms.size(); ++i) {
       char buf[32];
-      std::snprintf(buf, sizeof buf, "%s%.6f", n == 0 ? "" : ",", ms);
+      std::snprintf(buf, sizeof buf, "%s%.6f", i == first ? "" : ",", times_ms[i]);
       answer += buf;
-      if (++n >= max_calls ||
-          std::chrono::duration<double, std::milli>(t1 - begin).count() >= min_ms) {
-        break;
-      }
     }
     std::printf("%s\n", answer.c_str());
     std::fflush(stdout);

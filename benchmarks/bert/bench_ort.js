@@ -127,6 +127,19 @@ async function nextCommand() {
   return value;
 }
 
+// Times session.run(feeds) calls, appending each call's ms to times, until
+// done(calls timed here, ms since the first of them) is true (at least one).
+async function timeUntil(session, feeds, done, times) {
+  const begin = process.hrtime.bigint();
+  for (let n = 1; ; ++n) {
+    const t0 = process.hrtime.bigint();
+    await session.run(feeds);
+    const t1 = process.hrtime.bigint();
+    times.push(Number(t1 - t0) / 1e6);
+    if (done(n, Number(t1 - begin) / 1e6)) return;
+  }
+}
+
 // Driven mode (--serve 1): bursts of calls on the driver's command, until "end".
 async function serveCalls(session, feeds, label) {
   process.stdout.write(`ready ${label}\n`);
@@ -143,14 +156,7 @@ async function serveCalls(session, feeds, label) {
     const maxCalls = Number(m[2]);
     for (let i = 0; i < Number(m[3]); ++i) await session.run(feeds);
     const burst = [];
-    const begin = process.hrtime.bigint();
-    for (;;) {
-      const t0 = process.hrtime.bigint();
-      await session.run(feeds);
-      const t1 = process.hrtime.bigint();
-      burst.push(Number(t1 - t0) / 1e6);
-      if (burst.length >= maxCalls || Number(t1 - begin) / 1e6 >= minMs) break;
-    }
+    await timeUntil(session, feeds, (n, ms) => n >= maxCalls || ms >= minMs, burst);
     times.push(...burst);
     process.stdout.write(`done ${burst.map((t) => t.toFixed(6)).join(',')}\n`);
   }
@@ -162,15 +168,8 @@ async function timeShape(session, feeds, args, label) {
   if (args.serve === '1') {
     times = await serveCalls(session, feeds, label);
   } else {
-    const begin = process.hrtime.bigint();
-    for (;;) {
-      const t0 = process.hrtime.bigint();
-      await session.run(feeds);
-      times.push(Number(process.hrtime.bigint() - t0) / 1e6);
-      const elapsed = Number(process.hrtime.bigint() - begin) / 1e9;
-      if (times.length >= args.maxRuns) break;
-      if (times.length >= args.minRuns && elapsed >= args.minSeconds) break;
-    }
+    await timeUntil(session, feeds,
+      (n, ms) => n >= args.maxRuns || (n >= args.minRuns && ms >= 1e3 * args.minSeconds), times);
   }
   times.sort((a, b) => a - b);
   return { runs: times.length, median_ms: percentile(times, 0.5), p90_ms: percentile(times, 0.9) };

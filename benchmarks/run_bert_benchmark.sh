@@ -70,6 +70,7 @@ if [[ $quick == 1 ]]; then
   rounds=${rounds:-2}
   timing=(--warmup 1 --min-runs 3 --min-seconds 0.5 --max-runs 20)
   torch_timing=("${timing[@]}")
+  burst_ms=200
   burst_calls=10
 else
   models=${models:-minilm-l6,bert-base}
@@ -81,6 +82,7 @@ else
   # rounds); PyTorch, far slower, runs on its own after them with at least
   # 3 s per cell.
   timing=(--warmup 1 --min-runs 7 --min-seconds 3 --max-runs 1000)
+  burst_ms=200
   burst_calls=40
   torch_timing=(--warmup 1 --min-runs 7 --min-seconds 3 --max-runs 200)
 fi
@@ -93,6 +95,11 @@ fi
 
 step() { printf '\n== %s\n' "$*"; }
 started=$(date +%s)
+# The code the run measures (a --report-only redraw later must not stamp the
+# checkout of its own time): the commit, and whether funnel had local changes
+# (the page the report rewrites is not one).
+commit=$(git -C "$root" rev-parse --short HEAD)
+dirty=$(git -C "$root" status --porcelain --untracked-files=no -- . ':!docs/encoder-benchmark.md' | wc -l)
 results="$results_dir/results.jsonl"
 run_info="$results_dir/run-info.json"
 
@@ -132,7 +139,7 @@ IFS=, read -r -a shape_list <<< "$shapes"
 IFS=, read -r -a thread_list <<< "$threads"
 # interleave.py's options from the timing options (the processes keep --warmup)
 burst_opts=(--min-rounds "$rounds" --min-runs "${timing[3]}" --min-seconds "${timing[5]}"
-            --max-runs "${timing[7]}" --burst-max-calls "$burst_calls")
+            --max-runs "${timing[7]}" --burst-ms "$burst_ms" --burst-max-calls "$burst_calls")
 q() { printf '%q ' "$@"; }
 for model in ${models//,/ }; do
   # The opset 14 export's outputs are the reference for everyone's accuracy:
@@ -163,8 +170,8 @@ for model in ${models//,/ }; do
   fi
 done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-printf '{"quick": %s, "official": %s, "load_before": "%s", "load_after": "%s", "elapsed_s": %s, "timing": "%s", "torch_timing": "%s", "rounds": %s, "burst_calls": %s, "args": "%s"}\n' \
-  "$quick" "$official" "$load_before" "$load_after" "$(( $(date +%s) - started ))" "${timing[*]}" "${torch_timing[*]}" "$rounds" "$burst_calls" "$args" > "$run_info"
+printf '{"quick": %s, "official": %s, "load_before": "%s", "load_after": "%s", "elapsed_s": %s, "timing": "%s", "torch_timing": "%s", "rounds": %s, "burst_ms": %s, "burst_calls": %s, "commit": "%s", "dirty": %s, "args": "%s"}\n' \
+  "$quick" "$official" "$load_before" "$load_after" "$(( $(date +%s) - started ))" "${timing[*]}" "${torch_timing[*]}" "$rounds" "$burst_ms" "$burst_calls" "$commit" "$((dirty > 0))" "$args" > "$run_info"
 fi  # report_only
 
 step "Report"
@@ -188,32 +195,28 @@ from collections import defaultdict
 env = os.environ
 info = json.load(open(env["RUN_INFO"], encoding="utf-8"))
 rows = [json.loads(line) for line in open(env["RESULTS"], encoding="utf-8")]
-speed = {}  # (model, b, s, t) -> {variant key: row, its rounds merged}
-memory = {}  # (model, runtime, variant) -> row with the largest peak over the rounds
+# One process per runtime (and variant) and model, each writing one line per
+# row and one memory line: a second line for the same key would mean results
+# of two runs mixed in one file.
+speed = {}  # (model, b, s, t) -> {variant key: row}
+memory = {}  # (model, runtime, variant) -> memory line
 unsupported = []
-rounds_of = defaultdict(list)
 for r in rows:
     key = f"{r['runtime']} {r['variant']}"
     if r.get("memory"):
         mk = (r["model"], r["runtime"], r["variant"])
-        if mk not in memory or r["peak_rss_mib"] > memory[mk]["peak_rss_mib"]:
-            memory[mk] = r
+        if mk in memory:
+            raise SystemExit(f"{env['RESULTS']}: two memory lines for {mk}")
+        memory[mk] = r
     elif r.get("unsupported"):
         if f"{r['model']}: funnel {r['variant']}" not in unsupported:
             unsupported.append(f"{r['model']}: funnel {r['variant']}")
     else:
-        rounds_of[(r["model"], r["batch"], r["seq"], r["threads"], key)].append(r)
-# A row measured in several rounds (ONNX Runtime and funnel alternate) keeps
-# the first round's accuracy sample and the median of the rounds' medians
-# and p90s: one slow minute of a shared machine does not decide a ratio.
-for (model, b, s_, t, key), rs in rounds_of.items():
-    merged = dict(rs[0])
-    merged["median_ms"] = statistics.median(x["median_ms"] for x in rs)
-    merged["p90_ms"] = statistics.median(x["p90_ms"] for x in rs)
-    merged["tokens_per_s"] = b * s_ / merged["median_ms"] * 1000.0
-    merged["runs"] = sum(x["runs"] for x in rs)
-    merged["round_medians_ms"] = [x["median_ms"] for x in rs]
-    speed.setdefault((model, b, s_, t), {})[key] = merged
+        cell = speed.setdefault((r["model"], r["batch"], r["seq"], r["threads"]), {})
+        if key in cell:
+            raise SystemExit(f"{env['RESULTS']}: two lines for {key} at {r['model']} "
+                             f"{r['batch']}x{r['seq']} t={r['threads']}")
+        cell[key] = r
 memory = list(memory.values())
 
 # funnel / ONNX Runtime in each round of turns (interleave.py's bursts): the
@@ -403,20 +406,24 @@ isa = ", ".join(f for f in ["avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
                 if re.search(rf"\b{f}\b", flags))
 ort_ver = next((m.get("version") for m in memory if m["runtime"] == "ort"), "?")
 torch_ver = next((m.get("version") for m in memory if m["runtime"] == "torch"), "not run")
-# Local changes of funnel; the page this report rewrites is not one.
-dirty = sh("git status --porcelain --untracked-files=no -- . ':!docs/encoder-benchmark.md'")
+# The measured code, as the run recorded it (runs before 2026-11-28 did not:
+# then the checkout of the redraw).
+commit = info.get("commit") or sh("git rev-parse --short HEAD")
+dirty = info["dirty"] if "dirty" in info else bool(
+    sh("git status --porcelain --untracked-files=no -- . ':!docs/encoder-benchmark.md'"))
 env_lines = [
     # the end of the run (run-info.json is written then), also for --report-only
     f"Measured {datetime.datetime.fromtimestamp(os.path.getmtime(env['RUN_INFO'])).strftime('%Y-%m-%d %H:%M')} by "
     f"`benchmarks/run_bert_benchmark.sh{'' if info['official'] else ' ' + info['args']}` "
     f"({info['elapsed_s'] // 60} min {info['elapsed_s'] % 60} s), funnel at "
-    f"{sh('git rev-parse --short HEAD')}{' (with local changes)' if dirty else ''}.",
+    f"{commit}{' (with local changes)' if dirty else ''}.",
     f"CPU: {cpu}, {os.cpu_count()} logical cores ({isa}); {platform.system()} "
     f"{platform.release()}. Load average (1/5/15 min) before the runs {info['load_before']}, "
     f"after {info['load_after']}.",
     f"ONNX Runtime {ort_ver} (onnxruntime-node, CPU EP); PyTorch {torch_ver} (Debian); "
     f"{sh('c++ --version | head -1')}; timing options `{info['timing']}`, ONNX Runtime "
-    f"and funnel taking turns in bursts of at least 200 ms and at most {info.get('burst_calls', 40)} "
+    f"and funnel taking turns in bursts of at least {info.get('burst_ms', 200)} ms and at most "
+    f"{info.get('burst_calls', 40)} "
     f"calls (`benchmarks/bert/interleave.py`, at least {info.get('rounds', 1)} rounds); "
     f"PyTorch on its own after them, "
     f"`{info.get('torch_timing', info['timing'])}`.",

@@ -23,6 +23,7 @@
 // Usage: bench_bert_encoder --models-dir DIR --model NAME --out FILE
 //                           [--compute fp32|bf16|int8] [--ref-dir DIR]
 //                           [--fp32-prepack 0|1] [--fp32-small-batch-tokens N]
+//                           [--huge-pages 0|1]
 //                           (defaults: the library's)
 //                           [--threads 1,2] [--shapes 1x16,1x128,32x128]
 //                           [--warmup 2] [--min-runs 5] [--min-seconds 2]
@@ -71,6 +72,7 @@ struct Options {
   funnel::BertComputeType compute = funnel::BertComputeType::fp32;
   bool fp32_prepack = funnel::BertEncoderConfig{}.fp32_prepack;
   std::size_t fp32_small_batch_tokens = funnel::BertEncoderConfig{}.fp32_small_batch_tokens;
+  bool huge_pages = funnel::BertEncoderConfig{}.huge_pages;
   std::vector<std::size_t> threads = {1, 2};
   std::vector<std::pair<std::size_t, std::size_t>> shapes = {{1, 16}, {1, 128}, {32, 128}};
   std::size_t warmup = 2;
@@ -125,6 +127,9 @@ Options parse_options(int argc, char** argv) {
     } else if (arg == "--fp32-prepack") {
       if (value != "0" && value != "1") throw std::invalid_argument("--fp32-prepack is 0 or 1");
       o.fp32_prepack = value == "1";
+    } else if (arg == "--huge-pages") {
+      if (value != "0" && value != "1") throw std::invalid_argument("--huge-pages is 0 or 1");
+      o.huge_pages = value == "1";
     } else if (arg == "--fp32-small-batch-tokens") {
       o.fp32_small_batch_tokens = to_size(value);
     } else if (arg == "--threads") {
@@ -320,6 +325,7 @@ int run(const Options& o) {
     config.max_batch = max_batch;
     config.fp32_prepack = o.fp32_prepack;
     config.fp32_small_batch_tokens = o.fp32_small_batch_tokens;
+    config.huge_pages = o.huge_pages;
     const funnel::BertEncoder encoder(config);
 
     for (const Input& in : inputs) {

@@ -25,6 +25,7 @@
 #include "internal/bert_kernels.hpp"
 #include "internal/bert_small_linear.hpp"
 #include "internal/error_util.hpp"
+#include "internal/huge_pages.hpp"
 #include "internal/utf8.hpp"
 
 namespace funnel {
@@ -104,6 +105,13 @@ class FloatParam {
   static FloatParam view(std::span<const float> v) {
     FloatParam p;
     p.view_ = v;
+    p.in_mapping_ = true;
+    return p;
+  }
+  // Floats the caller keeps alive elsewhere (the weight arena).
+  static FloatParam borrow(std::span<const float> v) {
+    FloatParam p;
+    p.view_ = v;
     return p;
   }
   static FloatParam own(std::vector<float> v) {
@@ -114,11 +122,12 @@ class FloatParam {
   }
   [[nodiscard]] const float* data() const noexcept { return view_.data(); }
   [[nodiscard]] std::size_t size() const noexcept { return view_.size(); }
-  [[nodiscard]] bool mapped() const noexcept { return owned_.empty() && !view_.empty(); }
+  [[nodiscard]] bool mapped() const noexcept { return in_mapping_ && !view_.empty(); }
 
  private:
   std::vector<float> owned_;
-  std::span<const float> view_;  // into owned_ or into the mapping
+  std::span<const float> view_;  // into owned_, the mapping or the weight arena
+  bool in_mapping_ = false;
 };
 
 struct LayerNormParams {
@@ -159,16 +168,24 @@ struct Primitive {
 
 // Reusable scratch memory of one forward call.
 struct Workspace {
-  std::unique_ptr<std::byte[]> storage;
+  std::unique_ptr<std::byte[]> storage;  // small workspaces
+  detail::HugePageBuffer huge;           // from detail::kHugePageBytes on, with huge_pages
   std::size_t capacity = 0;
 
   // Grows to at least `bytes` (contents are not kept) and returns a 64-byte
   // aligned pointer.
-  std::byte* reserve(std::size_t bytes) {
+  std::byte* reserve(std::size_t bytes, bool huge_pages) {
     if (bytes + 64 > capacity) {
+      storage.reset();
+      huge = {};
       capacity = bytes + 64;
+      if (huge_pages && capacity >= detail::kHugePageBytes) {
+        huge = detail::HugePageBuffer(capacity, true);  // 2 MiB-aligned
+        return huge.data();
+      }
       storage = std::make_unique_for_overwrite<std::byte[]>(capacity);
     }
+    if (huge.data() != nullptr) return huge.data();
     const auto addr = reinterpret_cast<std::uintptr_t>(storage.get());
     return storage.get() + (round_up(addr, 64) - addr);
   }
@@ -269,6 +286,9 @@ struct BertEncoder::Impl {
   FloatParam word, position, token_type;
   LayerNormParams ln_embeddings;
   std::vector<LayerWeights> layers;
+  // Weight copies (fused QKV, reordered bf16 / int8 / prepacked weights),
+  // packed into one block of huge pages.
+  detail::HugePageArena weight_arena;
 
   // Arithmetic of each stage.
   Dt linear_in = Dt::f32;                             // inputs of the linear layers (f32, bf16, u8)
@@ -399,7 +419,7 @@ void BertEncoder::Impl::load() {
     fail(ErrorCode::io, "BertEncoder: ", st_path.string(),
          " not found (only safetensors checkpoints are read; convert pytorch_model.bin)");
   }
-  weights_file.emplace(SafetensorsFile::open(st_path));
+  weights_file.emplace(SafetensorsFile::open(st_path, {.huge_pages = config.huge_pages}));
   if (weights_file->find("bert.embeddings.word_embeddings.weight") != nullptr) {
     info.tensor_prefix = "bert.";
   } else if (weights_file->find("embeddings.word_embeddings.weight") != nullptr) {
@@ -408,6 +428,11 @@ void BertEncoder::Impl::load() {
     fail(ErrorCode::format, "missing tensor embeddings.word_embeddings.weight (with or without ",
          "the \"bert.\" prefix) in ", st_path.string());
   }
+
+  // The word embeddings are read a row per token: 2 MiB pages would make
+  // each row cost 2 MiB of memory.
+  weights_file->advise_sparse(
+      weights_file->at(info.tensor_prefix + "embeddings.word_embeddings.weight"));
 
   const OmpThreadsScope threads(static_cast<int>(config.threads));
   load_weights();
@@ -486,9 +511,13 @@ void BertEncoder::Impl::prepare_linear(LinearWeights& lw, LinearKind kind,
   FloatParam w = w_storage.empty() ? std::move(w_view) : FloatParam::own(std::move(w_storage));
   assert(w.size() == k * n);
   const memory::dims kn{static_cast<memory::dim>(k), static_cast<memory::dim>(n)};
+  // A reordered copy of the weights, in the arena.
+  auto reordered = [&] {
+    return memory(weights_md[ki], engine, weight_arena.take(weights_md[ki].get_size()));
+  };
   if (linear_in == Dt::f32 && weights_md[ki] != memory::desc(kn, Dt::f32, Tag::ba)) {
     memory src({kn, Dt::f32, Tag::ba}, engine, const_cast<float*>(w.data()));
-    lw.w_mem = memory(weights_md[ki], engine);
+    lw.w_mem = reordered();
     dnnl::stream s0(engine);
     dnnl::reorder(src, lw.w_mem).execute(s0, src, lw.w_mem);
     s0.wait();
@@ -496,6 +525,12 @@ void BertEncoder::Impl::prepare_linear(LinearWeights& lw, LinearKind kind,
   }
   if (linear_in == Dt::f32) {
     // Plain [out, in] layout read in place: no copy of mapped F32 weights.
+    // A copy made at load (the fused QKV) moves into the arena.
+    if (!w.mapped()) {
+      auto* dst = reinterpret_cast<float*>(weight_arena.take(k * n * sizeof(float)));
+      std::copy_n(w.data(), k * n, dst);
+      w = FloatParam::borrow({dst, k * n});
+    }
     lw.w_f32 = std::move(w);
     lw.w_mem = memory(weights_md[ki], engine, const_cast<float*>(lw.w_f32.data()));
     return;
@@ -503,7 +538,7 @@ void BertEncoder::Impl::prepare_linear(LinearWeights& lw, LinearKind kind,
   dnnl::stream stream(engine);
   if (linear_in == Dt::bf16) {
     memory src({kn, Dt::f32, Tag::ba}, engine, const_cast<float*>(w.data()));
-    lw.w_mem = memory(weights_md[ki], engine);
+    lw.w_mem = reordered();
     dnnl::reorder(src, lw.w_mem).execute(stream, src, lw.w_mem);
     stream.wait();
     return;
@@ -528,7 +563,7 @@ void BertEncoder::Impl::prepare_linear(LinearWeights& lw, LinearKind kind,
     lw.qsum[o] = static_cast<float>(sum);
   }
   memory src({kn, Dt::s8, Tag::ba}, engine, q.data());
-  lw.w_mem = memory(weights_md[ki], engine);
+  lw.w_mem = reordered();
   dnnl::reorder(src, lw.w_mem).execute(stream, src, lw.w_mem);
   stream.wait();
 }
@@ -567,6 +602,16 @@ void BertEncoder::Impl::load_weights() {
       weights_md[ki] = linear_pd(static_cast<LinearKind>(ki), kChunkRows, any).weights_desc();
     }
   }
+  // Room for every copy prepare_linear may make: a reordered copy, or (fp32
+  // in place) the fused QKV and any weight that is not mapped F32. Pages
+  // never touched stay virtual, so the bound costs no memory.
+  std::size_t arena_bytes = 0;
+  for (std::size_t ki = 0; ki < kLinearKinds; ++ki) {
+    const bool in_place = linear_in == Dt::f32 && !config.fp32_prepack;
+    arena_bytes += detail::HugePageArena::footprint(
+        in_place ? linear_k[ki] * linear_n[ki] * sizeof(float) : weights_md[ki].get_size());
+  }
+  weight_arena = detail::HugePageArena(arena_bytes * info.layers, config.huge_pages);
 
   auto to_vector = [](const FloatParam& p) {
     return std::vector<float>(p.data(), p.data() + p.size());
@@ -597,8 +642,11 @@ void BertEncoder::Impl::load_weights() {
       prepare_linear(out, kind, {}, std::move(w), std::move(b));
       // Only fp32 in place reads the mapped weights after load; every other
       // path has its own reordered copy, so one copy stays resident.
-      if (!out.w_f32.mapped()) {
-        weights_file->drop_pages(weights_file->at(info.tensor_prefix + name + ".weight"));
+      const TensorInfo& t = weights_file->at(info.tensor_prefix + name + ".weight");
+      if (out.w_f32.mapped()) {
+        weights_file->populate(t);  // read at load, not in the first call
+      } else {
+        weights_file->drop_pages(t);
       }
     };
     linear(lw.out, LinearKind::out, base + "attention.output.dense", h, h);
@@ -787,7 +835,7 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
   const std::size_t o_small =
       use_small ? carve.add(kern::small_linear_ld(tokens) * std::max(h, f) * 4) : 0;
 
-  std::byte* base = ws.reserve(carve.size());
+  std::byte* base = ws.reserve(carve.size(), config.huge_pages);
   auto* x = reinterpret_cast<float*>(base + o_x);
   std::byte* xin = int8 || bf16 ? base + o_xin : base + o_x;
   std::byte* qkv = base + o_qkv;

@@ -11,6 +11,7 @@
 #include <cassert>
 #include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -22,6 +23,7 @@
 
 #include "internal/atomic_file.hpp"
 #include "internal/error_util.hpp"
+#include "internal/huge_pages.hpp"
 #include "internal/utf8.hpp"
 
 namespace funnel {
@@ -78,7 +80,7 @@ float narrow_to_float(double v) {
 // Read-only mapping of a whole file, unmapped on destruction.
 class Mapping {
  public:
-  explicit Mapping(const std::filesystem::path& path) {
+  Mapping(const std::filesystem::path& path, const SafetensorsOpenOptions& options) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0)
       detail::fail(ErrorCode::io, "cannot open safetensors file '", path.string(),
@@ -95,14 +97,40 @@ class Mapping {
     size_ = static_cast<std::size_t>(st.st_size);
     // An empty file cannot be mapped; the caller reports it as too short.
     if (size_ == 0) return;
-    void* addr = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    // Huge pages: cached pages of the file that no process maps are dropped,
+    // so that the first reads through this mapping (advised before any read)
+    // bring the file back in 2 MiB folios, which the kernel maps whole.
+    if (options.huge_pages) (void)::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    void* addr = options.huge_pages ? map_aligned(fd) : MAP_FAILED;
+    if (addr == MAP_FAILED) addr = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (addr == MAP_FAILED)
       detail::fail(ErrorCode::io, "cannot map '", path.string(), "': ", std::strerror(errno));
     addr_ = static_cast<const std::byte*>(addr);
+    if (options.huge_pages) detail::advise_huge_pages(addr_, size_);
   }
   Mapping(const Mapping&) = delete;
   Mapping& operator=(const Mapping&) = delete;
   ~Mapping() { unmap(addr_, size_); }
+
+  // The file mapped at a 2 MiB-aligned address (a huge page of the file can
+  // only be mapped whole where address and file offset agree modulo 2 MiB),
+  // or MAP_FAILED.
+  [[nodiscard]] void* map_aligned(int fd) const noexcept {
+    const std::size_t align = detail::kHugePageBytes;
+    void* area = ::mmap(nullptr, size_ + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (area == MAP_FAILED) return MAP_FAILED;
+    auto* base = static_cast<std::byte*>(area);
+    const auto at = reinterpret_cast<std::uintptr_t>(area);
+    const std::size_t head = (align - at % align) % align;
+    void* addr = ::mmap(base + head, size_, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+    if (addr == MAP_FAILED) {
+      (void)::munmap(area, size_ + align);
+      return MAP_FAILED;
+    }
+    if (head > 0) (void)::munmap(base, head);
+    if (align - head > 0) (void)::munmap(base + head + size_, align - head);
+    return addr;
+  }
 
   static void unmap(const std::byte* addr, std::size_t size) noexcept {
     // munmap takes a non-const pointer; the mapping was never written through.
@@ -335,8 +363,9 @@ std::size_t TensorInfo::elements() const {
   return n;
 }
 
-SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
-  Mapping mapping(path);
+SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path,
+                                      const SafetensorsOpenOptions& options) {
+  Mapping mapping(path, options);
   const auto bad = [&](const std::string& what) {
     detail::fail(ErrorCode::format, "safetensors file '", path.string(), "': ", what);
   };
@@ -431,6 +460,36 @@ void SafetensorsFile::drop_pages(const TensorInfo& t) const noexcept {
   // file mapping only unmaps the pages (the next read maps them again from
   // the file), it never writes.
   (void)::madvise(const_cast<std::byte*>(map_ + first), last - first, MADV_DONTNEED);
+}
+
+void SafetensorsFile::advise_sparse(const TensorInfo& t) const noexcept {
+#ifdef MADV_NOHUGEPAGE
+  const std::span<const std::byte> b = bytes(t);
+  const auto begin = reinterpret_cast<std::uintptr_t>(b.data());
+  const std::size_t huge = detail::kHugePageBytes;
+  const std::uintptr_t first = (begin + huge - 1) / huge * huge;
+  const std::uintptr_t last = (begin + b.size()) / huge * huge;
+  if (b.empty() || last <= first) return;
+  // madvise takes a non-const pointer; MADV_NOHUGEPAGE changes no byte.
+  (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_NOHUGEPAGE);
+#else
+  (void)t;
+#endif
+}
+
+void SafetensorsFile::populate(const TensorInfo& t) const noexcept {
+  const std::span<const std::byte> b = bytes(t);
+  const long page_size = ::sysconf(_SC_PAGESIZE);
+  if (b.empty() || page_size <= 0) return;
+  const auto page = static_cast<std::uintptr_t>(page_size);
+  const auto begin = reinterpret_cast<std::uintptr_t>(b.data()) / page * page;
+  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(b.data()) + b.size();
+  auto* addr = reinterpret_cast<void*>(begin);
+  // Both only read (fault in) pages of a read-only mapping.
+#ifdef MADV_POPULATE_READ
+  if (::madvise(addr, end - begin, MADV_POPULATE_READ) == 0) return;
+#endif
+  (void)::madvise(addr, end - begin, MADV_WILLNEED);
 }
 
 std::span<const float> SafetensorsFile::f32_view(const TensorInfo& t) const {

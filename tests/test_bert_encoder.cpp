@@ -219,6 +219,43 @@ TEST_CASE("BertEncoder fp32: prepacked weights give the same results", "[bert]")
   }
 }
 
+TEST_CASE("BertEncoder: huge pages change no result, also with scratch of several MiB", "[bert]") {
+  // The same checkpoint with and without huge_pages, every compute type the
+  // CPU has, fp32 on both its kernels: identical outputs, bit for bit. The
+  // big batch (the fixture's sequences 100 times over, 9,000-14,000 tokens)
+  // needs several MiB of scratch, which then comes from huge pages too.
+  for (const char* name : {"tiny_f32_cls", "tiny_f16_mean_st"}) {
+    const Fixture f = load_fixture(name);
+    std::vector<std::vector<std::int32_t>> small, big;
+    for (std::size_t r = 0; r < f.batch(); ++r) small.push_back(f.row_ids(r));
+    for (std::size_t rep = 0; rep < 100; ++rep) {
+      for (const auto& s : small) big.push_back(s);
+    }
+    for (const BertComputeType type :
+         {BertComputeType::fp32, BertComputeType::bf16, BertComputeType::int8}) {
+      if (!BertEncoder::cpu_supports(type)) continue;
+      for (const std::size_t small_batch_tokens : {std::size_t{0}, std::size_t{1} << 20}) {
+        if (type != BertComputeType::fp32 && small_batch_tokens != 0) continue;
+        INFO(name << ", " << funnel::to_string(type) << ", fp32_small_batch_tokens "
+                  << small_batch_tokens);
+        BertEncoderConfig c = config_for(fixture_dir(name), type);
+        c.fp32_small_batch_tokens = small_batch_tokens;
+        c.max_batch = big.size();
+        c.huge_pages = false;
+        const BertEncoder plain(c);
+        c.huge_pages = true;
+        const BertEncoder huge(c);
+        for (const auto* batch : {&small, &big}) {
+          const auto want = plain.forward(*batch);
+          const auto got = huge.forward(*batch);
+          CHECK(got.hidden.values() == want.hidden.values());
+          CHECK(got.pooled.values() == want.pooled.values());
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("BertEncoder fp32: oneDNN and funnel's small-batch kernel both match the reference",
           "[bert]") {
   // The fixtures' batches are a few dozen tokens: the default runs them on

@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 // Tests of the core helpers: errors, UTF-8, checksums, atomic writes, JSON Lines.
 
+#include <cstdint>
+#include <utility>
+
 #include <catch2/catch.hpp>
 
 #include "funnel/error.hpp"
 #include "funnel/matrix.hpp"
 #include "internal/atomic_file.hpp"
 #include "internal/checksum.hpp"
+#include "internal/huge_pages.hpp"
 #include "internal/jsonl.hpp"
 #include "internal/utf8.hpp"
 #include "test_util.hpp"
@@ -135,5 +139,55 @@ TEST_CASE("for_each_jsonl names the file, line and field of bad input", "[core][
     FAIL("expected an error");
   } catch (const Error& e) {
     CHECK(e.code() == ErrorCode::io);
+  }
+}
+
+TEST_CASE("HugePageBuffer: 2 MiB-aligned, zero-filled, writable to its end, movable", "[core]") {
+  using funnel::detail::HugePageBuffer;
+  using funnel::detail::kHugePageBytes;
+  const HugePageBuffer none;
+  CHECK(none.data() == nullptr);
+  CHECK(none.size() == 0);
+  CHECK(HugePageBuffer(0, true).data() == nullptr);
+  for (const bool huge : {false, true}) {
+    for (const std::size_t bytes : {std::size_t{1}, kHugePageBytes, kHugePageBytes + 3}) {
+      INFO("huge " << huge << ", bytes " << bytes);
+      HugePageBuffer b(bytes, huge);
+      REQUIRE(b.data() != nullptr);
+      CHECK(b.size() == bytes);
+      CHECK(reinterpret_cast<std::uintptr_t>(b.data()) % kHugePageBytes == 0);
+      CHECK(b.data()[0] == std::byte{0});
+      CHECK(b.data()[bytes - 1] == std::byte{0});
+      b.data()[bytes - 1] = std::byte{7};
+      std::byte* const at = b.data();
+      HugePageBuffer moved(std::move(b));
+      CHECK(moved.data() == at);
+      CHECK(moved.data()[bytes - 1] == std::byte{7});
+      HugePageBuffer other(5, huge);
+      other = std::move(moved);  // unmaps its own block, takes over `moved`'s
+      CHECK(other.data() == at);
+      CHECK(other.size() == bytes);
+    }
+  }
+}
+
+TEST_CASE("HugePageArena: 64-byte aligned pieces in order, a clear error past capacity", "[core]") {
+  using funnel::detail::HugePageArena;
+  CHECK(HugePageArena::footprint(0) == 0);
+  CHECK(HugePageArena::footprint(1) == 64);
+  CHECK(HugePageArena::footprint(64) == 64);
+  CHECK(HugePageArena::footprint(65) == 128);
+  HugePageArena arena(HugePageArena::footprint(100) + HugePageArena::footprint(64), true);
+  std::byte* a = arena.take(100);
+  std::byte* b = arena.take(64);
+  CHECK(reinterpret_cast<std::uintptr_t>(a) % 64 == 0);
+  CHECK(b == a + 128);
+  CHECK(arena.take(0) == b + 64);  // empty requests take nothing
+  try {
+    (void)arena.take(1);
+    FAIL("expected an error");
+  } catch (const Error& e) {
+    CHECK(e.code() == ErrorCode::internal);
+    CHECK_THAT(e.what(), Contains("cannot hold 64 more bytes"));
   }
 }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include <bit>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -586,6 +587,43 @@ TEST_CASE("safetensors: drop_pages returns a tensor's pages and keeps its data r
   CHECK(view_b[n - 1] == b[n - 1]);
   file.drop_pages(file.at("mid"));  // smaller than a page: nothing to drop, no effect
   CHECK(file.f32_view(file.at("mid"))[0] == 1.0F);
+}
+
+TEST_CASE("safetensors: a huge-page mapping reads the same bytes, 2 MiB-aligned", "[safetensors]") {
+  const TempDir dir;
+  // 12 MiB of data after a tensor of 8 bytes.
+  const std::size_t n = std::size_t{3} << 20;
+  std::vector<float> a(n);
+  for (std::size_t i = 0; i < n; ++i) a[i] = static_cast<float>(i % 4093) - 2000.0F;
+  const std::vector<std::int16_t> odd = {1, -2, 3, -4};
+  funnel::write_safetensors(
+      dir / "big.safetensors",
+      std::vector<TensorToWrite>{{"odd", TensorDType::i16, {4}, as_bytes_of(odd)},
+                                 {"a", TensorDType::f32, {n}, as_bytes_of(a)}});
+  const auto plain = SafetensorsFile::open(dir / "big.safetensors");
+  const auto huge = SafetensorsFile::open(dir / "big.safetensors", {.huge_pages = true});
+  REQUIRE(huge.tensors().size() == plain.tensors().size());
+  for (std::size_t t = 0; t < plain.tensors().size(); ++t) {
+    const auto& info = plain.tensors()[t];
+    INFO(info.name);
+    CHECK(huge.tensors()[t].name == info.name);
+    const auto x = plain.bytes(info);
+    const auto y = huge.bytes(huge.tensors()[t]);
+    REQUIRE(x.size() == y.size());
+    CHECK(std::memcmp(x.data(), y.data(), x.size()) == 0);
+  }
+  // The file starts on a 2 MiB boundary: data start = 8 + header length.
+  std::uint64_t header = 0;
+  std::memcpy(&header, funnel::testing::read_bytes(dir / "big.safetensors").data(), 8);
+  const auto& first = huge.at("odd");
+  const auto file_start =
+      reinterpret_cast<std::uintptr_t>(huge.bytes(first).data()) - first.offset - 8 - header;
+  CHECK(file_start % (std::size_t{2} << 20) == 0);
+  // drop_pages works on it as on any mapping.
+  huge.drop_pages(huge.at("a"));
+  const auto view = huge.f32_view(huge.at("a"));
+  for (std::size_t i = 0; i < n; i += 4099) CHECK(view[i] == a[i]);
+  CHECK(view[n - 1] == a[n - 1]);
 }
 
 TEST_CASE("safetensors: the committed BERT fixtures are valid checkpoints", "[safetensors]") {

@@ -120,6 +120,16 @@ struct BertEncoderConfig {
   /// mapped weights once in place, instead of oneDNN's, which repacks them on
   /// every call (most of the time of a short batch). 0: always oneDNN.
   std::size_t fp32_small_batch_tokens = 32;
+  /// Keeps the weights and the per-call scratch in 2 MiB pages where the
+  /// kernel allows it (Linux transparent huge pages, "madvise" or "always"):
+  /// the checkpoint is mapped as SafetensorsOpenOptions::huge_pages describes
+  /// (its cached pages are dropped and read back once, in 2 MiB folios), and
+  /// the reordered weight copies and scratch buffers of 2 MiB or more are
+  /// anonymous memory advised MADV_HUGEPAGE. Every call reads its weights
+  /// once; with 4 KiB pages that costs a page-table walk per 4 KiB, a
+  /// two-level walk under a hypervisor. Never changes a result; false keeps
+  /// ordinary pages (and the page cache as it is).
+  bool huge_pages = true;
 
   /// Checks the fields that do not need the checkpoint: checkpoint_dir not
   /// empty, threads in [1, kMaxThreads], max_length >= 2, max_batch >= 1,

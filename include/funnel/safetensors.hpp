@@ -61,6 +61,22 @@ struct TensorInfo {
   [[nodiscard]] std::size_t elements() const;
 };
 
+/// How SafetensorsFile::open maps a file.
+struct SafetensorsOpenOptions {
+  /// Map the file with 2 MiB pages where the kernel allows it, for callers
+  /// that stream tensors in place (a model's weights on every call): one
+  /// page-table entry per 2 MiB instead of 512, about 20% faster sweeps on a
+  /// virtual machine. open() drops the file's cached pages that no process
+  /// maps (posix_fadvise POSIX_FADV_DONTNEED), maps the file 2 MiB-aligned
+  /// and advises MADV_HUGEPAGE before any read, so the kernel reads the file
+  /// back into 2 MiB page-cache folios as it is touched; the cost is reading
+  /// the file from storage once more. Needs Linux transparent huge pages
+  /// ("madvise" or "always") and a file system that caches large folios
+  /// (ext4 and XFS on recent kernels); elsewhere the file gets ordinary
+  /// pages. Never changes the bytes read.
+  bool huge_pages = false;
+};
+
 /// A safetensors file, memory-mapped read-only and validated on open.
 /// Movable, not copyable.
 class SafetensorsFile {
@@ -81,7 +97,8 @@ class SafetensorsFile {
   ///         that is not an object of strings.
   /// @throws Error(unsupported) for a dtype that safetensors defines but
   ///         funnel does not read (U16, U32, U64, F8_E4M3, F8_E5M2).
-  static SafetensorsFile open(const std::filesystem::path& path);
+  static SafetensorsFile open(const std::filesystem::path& path,
+                              const SafetensorsOpenOptions& options = {});
 
   SafetensorsFile(SafetensorsFile&& other) noexcept;
   SafetensorsFile& operator=(SafetensorsFile&& other) noexcept;
@@ -112,6 +129,20 @@ class SafetensorsFile {
   /// are ignored.
   /// @param[in] t an entry of tensors() of this file
   void drop_pages(const TensorInfo& t) const noexcept;
+
+  /// Hints that the tensor is read sparsely (e.g. rows of an embedding
+  /// table): the whole 2 MiB pages inside it keep ordinary pages
+  /// (MADV_NOHUGEPAGE), so that a read brings in 4 KiB rather than 2 MiB.
+  /// Matters only for a file opened with huge_pages, and only before the
+  /// tensor's pages are first read. Only a hint: errors are ignored.
+  /// @param[in] t an entry of tensors() of this file
+  void advise_sparse(const TensorInfo& t) const noexcept;
+
+  /// Reads the tensor's pages into memory now (MADV_POPULATE_READ, else
+  /// MADV_WILLNEED), so that the first calls that stream it do not wait for
+  /// storage. Only a hint: errors are ignored.
+  /// @param[in] t an entry of tensors() of this file
+  void populate(const TensorInfo& t) const noexcept;
 
   /// An F32 tensor as floats in the mapping (zero-copy), elements() of them.
   /// @throws Error(format) naming the tensor and file when its dtype is not

@@ -575,12 +575,19 @@ void BertEncoder::Impl::load_weights() {
   position = load_param("embeddings.position_embeddings.weight", {info.max_positions, h});
   token_type = load_param("embeddings.token_type_embeddings.weight", {type_vocab_size, h});
   // Old TF-converted checkpoints name LayerNorm parameters gamma/beta.
+  // LayerNorm parameters are copied (2 x hidden floats): read on every call
+  // from the mapping, each would keep the page around it resident, a whole
+  // 2 MiB page with huge_pages once its neighbours' pages were dropped.
   auto layer_norm = [&](const std::string& base) {
     LayerNormParams p;
     const bool old = weights_file->find(info.tensor_prefix + base + ".weight") == nullptr &&
                      weights_file->find(info.tensor_prefix + base + ".gamma") != nullptr;
-    p.gamma = load_param(base + (old ? ".gamma" : ".weight"), {h});
-    p.beta = load_param(base + (old ? ".beta" : ".bias"), {h});
+    auto owned = [&](const std::string& name) {
+      const FloatParam v = load_param(name, {h});
+      return FloatParam::own(std::vector<float>(v.data(), v.data() + v.size()));
+    };
+    p.gamma = owned(base + (old ? ".gamma" : ".weight"));
+    p.beta = owned(base + (old ? ".beta" : ".bias"));
     return p;
   };
   ln_embeddings = layer_norm("embeddings.LayerNorm");
@@ -655,6 +662,11 @@ void BertEncoder::Impl::load_weights() {
     linear(lw.ffn2, LinearKind::ffn2, base + "output.dense", h, f);
     lw.ln_output = layer_norm(base + "output.LayerNorm");
   }
+
+  // Where every projection weight is a copy, the calls read the mapping only
+  // for the embeddings: let go of the rest, small tensors and page
+  // neighbours included.
+  if (!layers.empty() && !layers.front().out.w_f32.mapped()) weights_file->drop_all_pages();
 
   bool all_same = true;
   const TensorDType first =

@@ -462,6 +462,13 @@ void SafetensorsFile::drop_pages(const TensorInfo& t) const noexcept {
   (void)::madvise(const_cast<std::byte*>(map_ + first), last - first, MADV_DONTNEED);
 }
 
+void SafetensorsFile::drop_all_pages() const noexcept {
+  if (map_ == nullptr || size_ == 0) return;
+  // As in drop_pages: on a read-only private file mapping MADV_DONTNEED only
+  // unmaps.
+  (void)::madvise(const_cast<std::byte*>(map_), size_, MADV_DONTNEED);
+}
+
 void SafetensorsFile::advise_sparse(const TensorInfo& t) const noexcept {
 #ifdef MADV_NOHUGEPAGE
   const std::span<const std::byte> b = bytes(t);

@@ -587,6 +587,16 @@ TEST_CASE("safetensors: drop_pages returns a tensor's pages and keeps its data r
   CHECK(view_b[n - 1] == b[n - 1]);
   file.drop_pages(file.at("mid"));  // smaller than a page: nothing to drop, no effect
   CHECK(file.f32_view(file.at("mid"))[0] == 1.0F);
+  // drop_all_pages lets go of b too; everything stays readable.
+  const double before_all = rss_file_kib();
+  file.drop_all_pages();
+  const double after_all = rss_file_kib();
+  INFO("RssFile " << before_all << " KiB -> " << after_all << " KiB after drop_all_pages");
+  CHECK(before_all - after_all >= 7.0 * 1024);  // nearly all of b's 8 MiB
+  CHECK(view_b[0] == b[0]);
+  CHECK(view_b[n - 1] == b[n - 1]);
+  CHECK(view_a[n / 2] == a[n / 2]);
+  CHECK(file.f32_view(file.at("mid"))[1] == 2.0F);
 }
 
 TEST_CASE("safetensors: a huge-page mapping reads the same bytes, 2 MiB-aligned", "[safetensors]") {

@@ -127,8 +127,10 @@ struct BertEncoderConfig {
   /// the reordered weight copies and scratch buffers of 2 MiB or more are
   /// anonymous memory advised MADV_HUGEPAGE. Every call reads its weights
   /// once; with 4 KiB pages that costs a page-table walk per 4 KiB, a
-  /// two-level walk under a hypervisor. Never changes a result; false keeps
-  /// ordinary pages (and the page cache as it is).
+  /// two-level walk under a hypervisor. Never changes a result; costs some
+  /// memory in 2 MiB steps (fp32: pages that hold both a copied QKV part and a
+  /// streamed weight stay resident whole; about +6% peak RSS on MiniLM-L6
+  /// and BERT-base). false keeps ordinary pages (and the page cache as it is).
   bool huge_pages = true;
 
   /// Checks the fields that do not need the checkpoint: checkpoint_dir not

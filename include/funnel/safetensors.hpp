@@ -130,6 +130,14 @@ class SafetensorsFile {
   /// @param[in] t an entry of tensors() of this file
   void drop_pages(const TensorInfo& t) const noexcept;
 
+  /// Drops every page of the mapping from the process's resident set, for a
+  /// caller that has copied what it needs: drop_pages() keeps the pages a
+  /// tensor shares with its neighbours, and reading a small tensor (a bias)
+  /// after its neighbours were dropped maps its page again, a whole 2 MiB
+  /// page in a huge_pages mapping. The bytes stay readable (a later read maps
+  /// them again). Only a hint: errors are ignored.
+  void drop_all_pages() const noexcept;
+
   /// Hints that the tensor is read sparsely (e.g. rows of an embedding
   /// table): the whole 2 MiB pages inside it keep ordinary pages
   /// (MADV_NOHUGEPAGE), so that a read brings in 4 KiB rather than 2 MiB.

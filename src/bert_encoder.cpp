@@ -574,12 +574,12 @@ void BertEncoder::Impl::load_weights() {
   word = load_param("embeddings.word_embeddings.weight", {info.vocab_size, h});
   position = load_param("embeddings.position_embeddings.weight", {info.max_positions, h});
   token_type = load_param("embeddings.token_type_embeddings.weight", {type_vocab_size, h});
-  // Old TF-converted checkpoints name LayerNorm parameters gamma/beta.
   // LayerNorm parameters are copied (2 x hidden floats): read on every call
   // from the mapping, each would keep the page around it resident, a whole
   // 2 MiB page with huge_pages once its neighbours' pages were dropped.
   auto layer_norm = [&](const std::string& base) {
     LayerNormParams p;
+    // Old TF-converted checkpoints name LayerNorm parameters gamma/beta.
     const bool old = weights_file->find(info.tensor_prefix + base + ".weight") == nullptr &&
                      weights_file->find(info.tensor_prefix + base + ".gamma") != nullptr;
     auto owned = [&](const std::string& name) {

@@ -127,8 +127,13 @@ class Mapping {
       (void)::munmap(area, size_ + align);
       return MAP_FAILED;
     }
+    // The file mapping covers whole pages; the reservation's rest after them
+    // is handed back too.
+    const long page_size = ::sysconf(_SC_PAGESIZE);
+    const std::size_t page = page_size > 0 ? static_cast<std::size_t>(page_size) : 4096;
+    const std::size_t mapped = (size_ + page - 1) / page * page;
     if (head > 0) (void)::munmap(base, head);
-    if (align - head > 0) (void)::munmap(base + head + size_, align - head);
+    if (head < align) (void)::munmap(base + head + mapped, align - head);
     return addr;
   }
 

@@ -629,6 +629,22 @@ TEST_CASE("safetensors: a huge-page mapping reads the same bytes, 2 MiB-aligned"
   const auto file_start =
       reinterpret_cast<std::uintptr_t>(huge.bytes(first).data()) - first.offset - 8 - header;
   CHECK(file_start % (std::size_t{2} << 20) == 0);
+  // Opening and closing leaves no address space behind (the 2 MiB-aligned
+  // mapping is carved out of a larger reservation).
+  const auto vm_size_kib = [] {
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("VmSize:", 0) == 0) return std::stod(line.substr(7));
+    }
+    return -1.0;
+  };
+  const double vm_before = vm_size_kib();
+  for (int i = 0; i < 200; ++i) {
+    (void)SafetensorsFile::open(dir / "big.safetensors", {.huge_pages = true});
+  }
+  INFO("VmSize " << vm_before << " KiB -> " << vm_size_kib() << " KiB");
+  CHECK(vm_size_kib() - vm_before < 16.0 * 1024);
   // drop_pages works on it as on any mapping.
   huge.drop_pages(huge.at("a"));
   const auto view = huge.f32_view(huge.at("a"));

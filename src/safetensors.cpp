@@ -116,24 +116,10 @@ class Mapping {
   // only be mapped whole where address and file offset agree modulo 2 MiB),
   // or MAP_FAILED.
   [[nodiscard]] void* map_aligned(int fd) const noexcept {
-    const std::size_t align = detail::kHugePageBytes;
-    void* area = ::mmap(nullptr, size_ + align, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (area == MAP_FAILED) return MAP_FAILED;
-    auto* base = static_cast<std::byte*>(area);
-    const auto at = reinterpret_cast<std::uintptr_t>(area);
-    const std::size_t head = (align - at % align) % align;
-    void* addr = ::mmap(base + head, size_, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
-    if (addr == MAP_FAILED) {
-      (void)::munmap(area, size_ + align);
-      return MAP_FAILED;
-    }
-    // The file mapping covers whole pages; the reservation's rest after them
-    // is handed back too.
-    const long page_size = ::sysconf(_SC_PAGESIZE);
-    const std::size_t page = page_size > 0 ? static_cast<std::size_t>(page_size) : 4096;
-    const std::size_t mapped = (size_ + page - 1) / page * page;
-    if (head > 0) (void)::munmap(base, head);
-    if (head < align) (void)::munmap(base + head + mapped, align - head);
+    void* block = detail::map_aligned_block(size_, PROT_NONE);
+    if (block == nullptr) return MAP_FAILED;
+    void* addr = ::mmap(block, size_, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+    if (addr == MAP_FAILED) (void)::munmap(block, size_);
     return addr;
   }
 
@@ -475,18 +461,8 @@ void SafetensorsFile::drop_all_pages() const noexcept {
 }
 
 void SafetensorsFile::advise_sparse(const TensorInfo& t) const noexcept {
-#ifdef MADV_NOHUGEPAGE
   const std::span<const std::byte> b = bytes(t);
-  const auto begin = reinterpret_cast<std::uintptr_t>(b.data());
-  const std::size_t huge = detail::kHugePageBytes;
-  const std::uintptr_t first = (begin + huge - 1) / huge * huge;
-  const std::uintptr_t last = (begin + b.size()) / huge * huge;
-  if (b.empty() || last <= first) return;
-  // madvise takes a non-const pointer; MADV_NOHUGEPAGE changes no byte.
-  (void)::madvise(reinterpret_cast<void*>(first), last - first, MADV_NOHUGEPAGE);
-#else
-  (void)t;
-#endif
+  if (!b.empty()) detail::advise_huge_pages(b.data(), b.size(), false);
 }
 
 void SafetensorsFile::populate(const TensorInfo& t) const noexcept {

@@ -20,9 +20,17 @@ namespace funnel::detail {
 /// Size of a transparent huge page on x86-64 and arm64 (4 KiB base pages).
 inline constexpr std::size_t kHugePageBytes = std::size_t{2} << 20;
 
-/// Asks for huge pages on [addr, addr + bytes) (madvise MADV_HUGEPAGE on the
-/// whole 2 MiB-aligned pages inside it). A hint: failures are ignored.
-void advise_huge_pages(const void* addr, std::size_t bytes) noexcept;
+/// Asks for huge pages on [addr, addr + bytes), or (huge false) for ordinary
+/// ones: madvise MADV_HUGEPAGE / MADV_NOHUGEPAGE on the whole 2 MiB-aligned
+/// pages inside it. A hint: failures are ignored.
+void advise_huge_pages(const void* addr, std::size_t bytes, bool huge = true) noexcept;
+
+/// Maps `bytes` of anonymous memory with protection `prot` (PROT_*) at a
+/// 2 MiB-aligned address: over-maps by 2 MiB and hands back both ends, so
+/// that exactly the pages covering `bytes` stay mapped. MAP_FIXED may later
+/// replace the block with another mapping of the same place.
+/// @return the block, or nullptr when the kernel refuses (errno is set).
+void* map_aligned_block(std::size_t bytes, int prot) noexcept;
 
 /// An anonymous, zero-filled, 2 MiB-aligned block of memory, advised to use
 /// huge pages (or not: `huge` false gives the same block with ordinary

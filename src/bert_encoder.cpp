@@ -23,7 +23,7 @@
 #include "funnel/safetensors.hpp"
 #include "internal/bert_checkpoint.hpp"
 #include "internal/bert_kernels.hpp"
-#include "internal/bert_small_linear.hpp"
+#include "internal/bert_linear_epilogue.hpp"
 #include "internal/error_util.hpp"
 #include "internal/huge_pages.hpp"
 #include "internal/utf8.hpp"
@@ -45,12 +45,8 @@ using Tag = memory::format_tag;
 constexpr std::size_t kRowAlign = 16;
 // Largest M of one linear-layer call; bigger token counts run in chunks.
 constexpr std::size_t kChunkRows = 512;
-// Columns per OpenMP work item of kern::small_linear (a multiple of its
-// column blocks, kern::kSmallLinearBlockColumns).
-constexpr std::size_t kSmallLinearColumns = 64;
-static_assert(kSmallLinearColumns % kern::kSmallLinearBlockColumns == 0);
-// Input columns per OpenMP work item of kern::pack_small_linear_input.
-constexpr std::size_t kSmallLinearPackColumns = 64;
+// Columns per OpenMP work item of kern::transposed_epilogue.
+constexpr std::size_t kEpilogueColumns = 64;
 // Most attention scores (floats) materialised at once; sequences of one
 // length are batched into one pair of matrix products up to this bound.
 constexpr std::size_t kScoreBudget = std::size_t{1} << 21;
@@ -319,6 +315,8 @@ struct BertEncoder::Impl {
                                                        const memory::desc& w_md) const;
   [[nodiscard]] std::shared_ptr<const Primitive> linear_primitive(LinearKind kind,
                                                                   std::size_t m) const;
+  [[nodiscard]] std::shared_ptr<const Primitive> transposed_primitive(LinearKind kind,
+                                                                      std::size_t m) const;
   [[nodiscard]] std::shared_ptr<const Primitive> attention_primitive(bool scores, std::size_t batch,
                                                                      std::size_t len) const;
   [[nodiscard]] std::shared_ptr<const Primitive> cached(
@@ -704,6 +702,27 @@ std::shared_ptr<const Primitive> BertEncoder::Impl::linear_primitive(LinearKind 
   return cached(key, [&] { return linear_pd(kind, m, weights_md[ki]); });
 }
 
+// fp32 in place, transposed: W [n, k] (the mapped [out, in] weights, read
+// as they lie) x X^T [k, m] (the input chunk, packed by oneDNN) -> [n, m].
+// Bias, activation and residual come with the transpose back (see
+// kern::transposed_epilogue).
+std::shared_ptr<const Primitive> BertEncoder::Impl::transposed_primitive(LinearKind kind,
+                                                                         std::size_t m) const {
+  const auto ki = static_cast<std::size_t>(kind);
+  const std::uint64_t key = (std::uint64_t{4} << 60) | (ki << 32) | m;
+  return cached(key, [&] {
+    const auto k = static_cast<memory::dim>(linear_k[ki]);
+    const auto n = static_cast<memory::dim>(linear_n[ki]);
+    const auto mm = static_cast<memory::dim>(m);
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return dnnl::matmul::primitive_desc(dnnl::matmul::desc(memory::desc({n, k}, Dt::f32, Tag::ab),
+                                                           memory::desc({k, mm}, Dt::f32, Tag::ba),
+                                                           memory::desc({n, mm}, Dt::f32, Tag::ab)),
+                                        attr, engine);
+  });
+}
+
 // Scores: [batch, len, dh] x [batch, dh, len] -> [batch, len, len] (f32).
 // Context: [batch, len, len] x [batch, len, dh] -> [batch, len, dh].
 // Inputs are head-major ([sequence][head][token][dh]), so that oneDNN runs
@@ -823,14 +842,15 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
   };
   std::array<LinearPlan, kLinearKinds> plan;
   std::size_t scratch = 0;
-  const bool use_small = linear_in == Dt::f32 && tokens <= config.fp32_small_batch_tokens &&
-                         layers.front().qkv.w_f32.size() > 0;
-  for (std::size_t ki = 0; ki < kLinearKinds && !use_small; ++ki) {
-    if (rows >= kChunkRows)
-      plan[ki].full = linear_primitive(static_cast<LinearKind>(ki), kChunkRows);
-    if (rows % kChunkRows != 0) {
-      plan[ki].rest = linear_primitive(static_cast<LinearKind>(ki), rows % kChunkRows);
-    }
+  const bool in_place = linear_in == Dt::f32 && layers.front().qkv.w_f32.size() > 0;
+  const bool transposed = in_place && tokens <= config.fp32_transposed_max_tokens;
+  const auto primitive = [&](std::size_t ki, std::size_t m) {
+    const auto kind = static_cast<LinearKind>(ki);
+    return transposed ? transposed_primitive(kind, m) : linear_primitive(kind, m);
+  };
+  for (std::size_t ki = 0; ki < kLinearKinds; ++ki) {
+    if (rows >= kChunkRows) plan[ki].full = primitive(ki, kChunkRows);
+    if (rows % kChunkRows != 0) plan[ki].rest = primitive(ki, rows % kChunkRows);
     for (const auto& p : {plan[ki].full, plan[ki].rest}) {
       if (p) scratch = std::max(scratch, p->scratch_bytes);
     }
@@ -844,8 +864,8 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
         {scratch, att_plan.back().first->scratch_bytes, att_plan.back().second->scratch_bytes});
   }
   const std::size_t o_scratch = carve.add(scratch);
-  const std::size_t o_small =
-      use_small ? carve.add(kern::small_linear_ld(tokens) * std::max(h, f) * 4) : 0;
+  const std::size_t o_yt =
+      transposed ? carve.add(std::max(3 * h, f) * std::min(rows, kChunkRows) * 4) : 0;
 
   std::byte* base = ws.reserve(carve.size(), config.huge_pages);
   auto* x = reinterpret_cast<float*>(base + o_x);
@@ -860,7 +880,7 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
   std::byte* ffn = base + o_ffn;
   auto* ffnq = reinterpret_cast<std::uint8_t*>(base + o_ffnq);
   auto* qvec = reinterpret_cast<float*>(base + o_qvec);
-  auto* small_in = reinterpret_cast<float*>(base + o_small);  // packed input of small_linear
+  auto* yt = reinterpret_cast<float*>(base + o_yt);  // a transposed product
   const memory scratch_mem({{static_cast<memory::dim>(scratch)}, Dt::u8, Tag::a}, engine,
                            base + o_scratch);
 
@@ -882,31 +902,33 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
     const auto ki = static_cast<std::size_t>(kind);
     const std::size_t k = linear_k[ki];
     const std::size_t n = linear_n[ki];
-    if (use_small) {
-      assert(out_dt == Dt::f32 && lw.w_f32.size() == k * n);
+    if (transposed) {
+      // What linear_pd's post-ops do, after the transpose back.
       const kern::LinearEpilogue epilogue = kind == LinearKind::ffn1  ? kern::LinearEpilogue::gelu
                                             : kind == LinearKind::qkv ? kern::LinearEpilogue::store
                                                                       : kern::LinearEpilogue::add;
-      const auto* src = reinterpret_cast<const float*>(in);
-      auto* dst = reinterpret_cast<float*>(out);
-      const auto items =
-          static_cast<std::ptrdiff_t>((n + kSmallLinearColumns - 1) / kSmallLinearColumns);
-      const auto slices =
-          static_cast<std::ptrdiff_t>((k + kSmallLinearPackColumns - 1) / kSmallLinearPackColumns);
-      // One team for both steps: the packed input, then the output columns.
-#pragma omp parallel if (parallel)
-      {
-#pragma omp for schedule(static)
-        for (std::ptrdiff_t slice = 0; slice < slices; ++slice) {
-          const std::size_t i0 = static_cast<std::size_t>(slice) * kSmallLinearPackColumns;
-          kern::pack_small_linear_input(src, tokens, k, small_in, i0,
-                                        std::min(k, i0 + kSmallLinearPackColumns));
-        }
-#pragma omp for schedule(static)
+      assert(out_dt == Dt::f32 && lw.w_f32.size() == k * n);
+      const auto kk = static_cast<memory::dim>(k);
+      const auto nn = static_cast<memory::dim>(n);
+      const memory w_mem({{nn, kk}, Dt::f32, Tag::ab}, engine, const_cast<float*>(lw.w_f32.data()));
+      const auto items = static_cast<std::ptrdiff_t>((n + kEpilogueColumns - 1) / kEpilogueColumns);
+      for (std::size_t m0 = 0; m0 < rows; m0 += kChunkRows) {
+        const std::size_t m = std::min(kChunkRows, rows - m0);
+        const auto& prim = m == kChunkRows ? plan[ki].full : plan[ki].rest;
+        const auto mm = static_cast<memory::dim>(m);
+        const memory xt_mem({{kk, mm}, Dt::f32, Tag::ba}, engine,
+                            const_cast<std::byte*>(in + m0 * k * sizeof(float)));
+        const memory yt_mem({{nn, mm}, Dt::f32, Tag::ab}, engine, yt);
+        prim->matmul.execute(stream, {{DNNL_ARG_SRC, w_mem},
+                                      {DNNL_ARG_WEIGHTS, xt_mem},
+                                      {DNNL_ARG_DST, yt_mem},
+                                      {DNNL_ARG_SCRATCHPAD, scratch_mem}});
+        float* dst = reinterpret_cast<float*>(out) + m0 * n;
+#pragma omp parallel for if (parallel) schedule(static)
         for (std::ptrdiff_t item = 0; item < items; ++item) {
-          const std::size_t c0 = static_cast<std::size_t>(item) * kSmallLinearColumns;
-          kern::small_linear(isa, small_in, tokens, k, lw.w_f32.data(), lw.bias.data(), dst, n, c0,
-                             std::min(n, c0 + kSmallLinearColumns), epilogue);
+          const std::size_t c0 = static_cast<std::size_t>(item) * kEpilogueColumns;
+          kern::transposed_epilogue(isa, yt, m, m, lw.bias.data(), dst, n, c0,
+                                    std::min(n, c0 + kEpilogueColumns), epilogue);
         }
       }
       return;

@@ -15,6 +15,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -25,7 +26,7 @@
 #include "funnel/npy.hpp"
 #include "funnel/safetensors.hpp"
 #include "internal/bert_kernels.hpp"
-#include "internal/bert_small_linear.hpp"
+#include "internal/bert_linear_epilogue.hpp"
 #include "test_util.hpp"
 
 namespace fs = std::filesystem;
@@ -221,7 +222,7 @@ TEST_CASE("BertEncoder fp32: prepacked weights give the same results", "[bert]")
 
 TEST_CASE("BertEncoder: huge pages change no result, also with scratch of several MiB", "[bert]") {
   // The same checkpoint with and without huge_pages, every compute type the
-  // CPU has, fp32 on both its kernels: identical outputs, bit for bit. The
+  // CPU has, fp32 both ways (W . X^T and X . W^T): identical outputs, bit for bit. The
   // big batch (the fixture's sequences 100 times over, 9,000-14,000 tokens)
   // needs several MiB of scratch, which then comes from huge pages too.
   for (const char* name : {"tiny_f32_cls", "tiny_f16_mean_st"}) {
@@ -234,12 +235,12 @@ TEST_CASE("BertEncoder: huge pages change no result, also with scratch of severa
     for (const BertComputeType type :
          {BertComputeType::fp32, BertComputeType::bf16, BertComputeType::int8}) {
       if (!BertEncoder::cpu_supports(type)) continue;
-      for (const std::size_t small_batch_tokens : {std::size_t{0}, std::size_t{1} << 20}) {
-        if (type != BertComputeType::fp32 && small_batch_tokens != 0) continue;
-        INFO(name << ", " << funnel::to_string(type) << ", fp32_small_batch_tokens "
-                  << small_batch_tokens);
+      for (const std::size_t transposed_max : {std::size_t{0}, std::size_t{1} << 20}) {
+        if (type != BertComputeType::fp32 && transposed_max != 0) continue;
+        INFO(name << ", " << funnel::to_string(type) << ", fp32_transposed_max_tokens "
+                  << transposed_max);
         BertEncoderConfig c = config_for(fixture_dir(name), type);
-        c.fp32_small_batch_tokens = small_batch_tokens;
+        c.fp32_transposed_max_tokens = transposed_max;
         c.max_batch = big.size();
         c.huge_pages = false;
         const BertEncoder plain(c);
@@ -256,17 +257,17 @@ TEST_CASE("BertEncoder: huge pages change no result, also with scratch of severa
   }
 }
 
-TEST_CASE("BertEncoder fp32: oneDNN and funnel's small-batch kernel both match the reference",
+TEST_CASE("BertEncoder fp32: W . X^T and X . W^T on mapped weights both match the reference",
           "[bert]") {
-  // The fixtures' batches are a few dozen tokens: the default runs them on
-  // the small-batch kernel; 0 sends every batch to oneDNN.
+  // A limit above the fixtures' batches (135 tokens) runs them as the
+  // transposed product W . X^T; 0 sends every batch to X . W^T.
   for (const char* name : {"tiny_f32_cls", "tiny_f16_mean_st"}) {
     const Fixture f = load_fixture(name);
-    for (const std::size_t limit : {std::size_t{0}, std::size_t{1} << 20}) {
+    for (const std::size_t limit : {std::size_t{1} << 20, std::size_t{0}}) {
       for (const std::size_t threads : {1, 2}) {
-        INFO(name << ", fp32_small_batch_tokens " << limit << ", threads " << threads);
+        INFO(name << ", fp32_transposed_max_tokens " << limit << ", threads " << threads);
         BertEncoderConfig c = config_for(fixture_dir(name));
-        c.fp32_small_batch_tokens = limit;
+        c.fp32_transposed_max_tokens = limit;
         c.threads = threads;
         const BertEncoder enc(c);
         const auto out = enc.forward(f.ids.view(), f.mask.view());
@@ -835,68 +836,70 @@ TEST_CASE("BertEncoder kernels: LayerNorm, softmax, bf16 and u8 agree across pat
   CHECK(k::from_bf16(0x3F80) == 1.0F);
 }
 
-TEST_CASE("BertEncoder kernels: small_linear against a double-precision product",
-          "[bert][kernels]") {
+TEST_CASE("BertEncoder kernels: transposed_epilogue against double precision", "[bert][kernels]") {
   namespace k = funnel::detail::bert;
   const k::KernelIsa cpu = k::detect_isa();
   const k::KernelIsa none{};
   std::mt19937 rng(11);
   std::normal_distribution<float> normal(0.0F, 1.0F);
   const double sqrt_half = std::sqrt(0.5);
-  // Row, K and column counts around the kernel's vectors of 16 rows, its
-  // blocks of 1-4 vectors (16, 12, 8 or 6 columns) and groups of 64 rows,
-  // its 16-step K loop, and the MiniLM shapes.
-  for (const std::size_t rows : {1U, 3U, 15U, 16U, 17U, 40U, 48U, 63U, 64U, 65U, 100U, 130U}) {
-    for (const std::size_t kk : {1U, 15U, 16U, 33U, 200U}) {
-      for (const std::size_t n : {1U, 5U, 6U, 7U, 12U, 13U, 17U, 40U}) {
-        std::vector<float> x(rows * kk), w(n * kk), bias(n), base(rows * n);
-        for (float& v : x) v = normal(rng);
-        for (float& v : w) v = normal(rng) / std::sqrt(static_cast<float>(kk));
-        for (float& v : bias) v = normal(rng);
-        for (float& v : base) v = normal(rng);
-        for (const k::LinearEpilogue ep :
-             {k::LinearEpilogue::store, k::LinearEpilogue::gelu, k::LinearEpilogue::add}) {
-          for (const k::KernelIsa isa : {none, cpu}) {
-            INFO("rows " << rows << " k " << kk << " n " << n << " epilogue "
-                         << static_cast<int>(ep) << " avx512 " << isa.avx512);
-            std::vector<float> out = base;
-            std::vector<float> xt(kk * k::small_linear_ld(rows), -1.0F);
-            k::pack_small_linear_input(x.data(), rows, kk, xt.data());
-            // Two column ranges, as threads call it; the second starts off
-            // a multiple of 16.
-            const std::size_t split = n / 2 + (n > 2 ? 1 : 0);
-            k::small_linear(isa, xt.data(), rows, kk, w.data(), bias.data(), out.data(), n, 0,
-                            split, ep);
-            k::small_linear(isa, xt.data(), rows, kk, w.data(), bias.data(), out.data(), n, split,
-                            n, ep);
-            for (std::size_t m = 0; m < rows; ++m) {
-              for (std::size_t c = 0; c < n; ++c) {
-                double v = bias[c];
-                for (std::size_t i = 0; i < kk; ++i) {
-                  v += static_cast<double>(x[m * kk + i]) * w[c * kk + i];
-                }
-                if (ep == k::LinearEpilogue::gelu) v = 0.5 * v * (1.0 + std::erf(v * sqrt_half));
-                if (ep == k::LinearEpilogue::add) v += base[m * n + c];
-                CHECK(out[m * n + c] == Approx(v).margin(2e-6 * (1.0 + std::fabs(v))));
-              }
+  // transposed_epilogue: out[m, n] (op)= yt[n * ld + m] + bias[n], against a
+  // loop over the same values, for counts around its 16 x 16 tiles (ld
+  // larger than rows, as a chunk's padded rows make it) and two column
+  // ranges as threads split them.
+  for (const std::size_t rows : {1U, 7U, 16U, 17U, 33U, 128U}) {
+    for (const std::size_t n : {1U, 15U, 16U, 17U, 40U, 64U}) {
+      const std::size_t ld = rows + 5;
+      std::vector<float> yt(n * ld), bias(n), base(rows * n);
+      for (float& v : yt) v = 3.0F * normal(rng);
+      for (float& v : bias) v = normal(rng);
+      for (float& v : base) v = normal(rng);
+      for (const k::LinearEpilogue ep :
+           {k::LinearEpilogue::store, k::LinearEpilogue::gelu, k::LinearEpilogue::add}) {
+        for (const k::KernelIsa isa : {none, cpu}) {
+          INFO("transposed_epilogue rows " << rows << " n " << n << " epilogue "
+                                           << static_cast<int>(ep) << " avx512 " << isa.avx512);
+          std::vector<float> out = base;
+          const std::size_t split = n / 2 + (n > 2 ? 1 : 0);
+          k::transposed_epilogue(isa, yt.data(), ld, rows, bias.data(), out.data(), n, 0, split,
+                                 ep);
+          k::transposed_epilogue(isa, yt.data(), ld, rows, bias.data(), out.data(), n, split, n,
+                                 ep);
+          std::size_t wrong = 0;
+          for (std::size_t m = 0; m < rows; ++m) {
+            for (std::size_t c = 0; c < n; ++c) {
+              double v = static_cast<double>(yt[c * ld + m] + bias[c]);
+              if (ep == k::LinearEpilogue::gelu) v = 0.5 * v * (1.0 + std::erf(v * sqrt_half));
+              if (ep == k::LinearEpilogue::add) v += base[m * n + c];
+              if (std::fabs(out[m * n + c] - v) > 5e-7 * (1.0 + std::fabs(v))) ++wrong;
             }
           }
+          CHECK(wrong == 0);
         }
       }
     }
   }
-  // The GELU epilogue over a grid of values (x = 1, k = 1: out = gelu(w)),
+  // By hand: yt = [[1, 2], [3, 4], [5, 6]] (n = 3, rows = 2), bias 10, 20,
+  // 30 -> out = [[11, 23, 35], [12, 24, 36]].
+  {
+    const std::vector<float> yt32 = {1, 2, 3, 4, 5, 6};
+    const std::vector<float> b3 = {10, 20, 30};
+    for (const k::KernelIsa isa : {none, cpu}) {
+      std::vector<float> out(6, -1.0F);
+      k::transposed_epilogue(isa, yt32.data(), 2, 2, b3.data(), out.data(), 3, 0, 3,
+                             k::LinearEpilogue::store);
+      CHECK(out == std::vector<float>{11, 23, 35, 12, 24, 36});
+    }
+  }
+  // The GELU epilogue over a grid of values (one row, bias 0: out = gelu(yt)),
   // far tails included.
   std::vector<float> grid;
   for (int i = -32; i <= 32; ++i) grid.push_back(0.37F * static_cast<float>(i));
-  const std::vector<float> one{1.0F};
   const std::vector<float> zero(grid.size(), 0.0F);
   for (const k::KernelIsa isa : {none, cpu}) {
     std::vector<float> out(grid.size());
-    std::vector<float> xt(k::small_linear_ld(1));
-    k::pack_small_linear_input(one.data(), 1, 1, xt.data());
-    k::small_linear(isa, xt.data(), 1, 1, grid.data(), zero.data(), out.data(), grid.size(), 0,
-                    grid.size(), k::LinearEpilogue::gelu);
+    k::transposed_epilogue(isa, grid.data(), 1, 1, zero.data(), out.data(), grid.size(), 0,
+                           grid.size(), k::LinearEpilogue::gelu);
     for (std::size_t i = 0; i < grid.size(); ++i) {
       const double v = grid[i];
       INFO("v " << v << " avx512 " << isa.avx512);
@@ -904,17 +907,6 @@ TEST_CASE("BertEncoder kernels: small_linear against a double-precision product"
             Approx(0.5 * v * (1.0 + std::erf(v * sqrt_half))).margin(5e-7 * (1 + std::fabs(v))));
     }
   }
-  // The packed input by hand: 2 rows x 3 -> 3 vectors of 16, zero-padded.
-  const std::vector<float> x23 = {1, 2, 3, 4, 5, 6};
-  std::vector<float> xt23(std::size_t{3} * 16, -1.0F);
-  k::pack_small_linear_input(x23.data(), 2, 3, xt23.data());
-  CHECK(xt23[0] == 1.0F);
-  CHECK(xt23[1] == 4.0F);
-  CHECK(xt23[16] == 2.0F);
-  CHECK(xt23[17] == 5.0F);
-  CHECK(xt23[33] == 6.0F);
-  CHECK(xt23[2] == 0.0F);
-  CHECK(xt23[47] == 0.0F);
   // GELU by hand: gelu(0) = 0, gelu(1) = Phi(1) = 0.8413447, gelu(-3) = -3 Phi(-3).
   CHECK(k::gelu_erf(0.0F) == 0.0F);
   CHECK(k::gelu_erf(1.0F) == Approx(0.8413447460685429).epsilon(1e-6));

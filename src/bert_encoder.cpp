@@ -523,7 +523,8 @@ void BertEncoder::Impl::prepare_linear(LinearWeights& lw, LinearKind kind,
   }
   if (linear_in == Dt::f32) {
     // Plain [out, in] layout read in place: no copy of mapped F32 weights.
-    // A copy made at load (the fused QKV) moves into the arena.
+    // A copy made at load (an F16 / BF16 tensor converted) moves into the
+    // arena.
     if (!w.mapped()) {
       auto* dst = reinterpret_cast<float*>(weight_arena.take(k * n * sizeof(float)));
       std::copy_n(w.data(), k * n, dst);
@@ -595,7 +596,11 @@ void BertEncoder::Impl::load_weights() {
   for (std::size_t ki = 0; ki < kLinearKinds; ++ki) {
     const memory::dims kn{static_cast<memory::dim>(linear_k[ki]),
                           static_cast<memory::dim>(linear_n[ki])};
-    if (linear_in == Dt::f32 && !config.fp32_prepack) {
+    // fp32 reads the mapped [out, in] weights in place, except the fused
+    // QKV, a copy in any case: that copy is made in oneDNN's blocked layout,
+    // which no call then repacks.
+    if (linear_in == Dt::f32 && !config.fp32_prepack &&
+        ki != static_cast<std::size_t>(LinearKind::qkv)) {
       weights_md[ki] = memory::desc(kn, Dt::f32, Tag::ba);
     } else {
       // Let oneDNN pick its blocked layout once; every M then reuses it.
@@ -612,7 +617,8 @@ void BertEncoder::Impl::load_weights() {
   // never touched stay virtual, so the bound costs no memory.
   std::size_t arena_bytes = 0;
   for (std::size_t ki = 0; ki < kLinearKinds; ++ki) {
-    const bool in_place = linear_in == Dt::f32 && !config.fp32_prepack;
+    const bool in_place = linear_in == Dt::f32 && !config.fp32_prepack &&
+                          ki != static_cast<std::size_t>(LinearKind::qkv);
     arena_bytes += detail::HugePageArena::footprint(
         in_place ? linear_k[ki] * linear_n[ki] * sizeof(float) : weights_md[ki].get_size());
   }
@@ -842,11 +848,14 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
   };
   std::array<LinearPlan, kLinearKinds> plan;
   std::size_t scratch = 0;
-  const bool in_place = linear_in == Dt::f32 && layers.front().qkv.w_f32.size() > 0;
+  // fp32 with the output and feed-forward weights in the file's layout; the
+  // fused QKV is always in oneDNN's layout (see load_weights).
+  const bool in_place = linear_in == Dt::f32 && layers.front().out.w_f32.size() > 0;
   const bool transposed = in_place && tokens <= config.fp32_transposed_max_tokens;
+  const auto is_transposed = [&](LinearKind kind) { return transposed && kind != LinearKind::qkv; };
   const auto primitive = [&](std::size_t ki, std::size_t m) {
     const auto kind = static_cast<LinearKind>(ki);
-    return transposed ? transposed_primitive(kind, m) : linear_primitive(kind, m);
+    return is_transposed(kind) ? transposed_primitive(kind, m) : linear_primitive(kind, m);
   };
   for (std::size_t ki = 0; ki < kLinearKinds; ++ki) {
     if (rows >= kChunkRows) plan[ki].full = primitive(ki, kChunkRows);
@@ -865,7 +874,7 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
   }
   const std::size_t o_scratch = carve.add(scratch);
   const std::size_t o_yt =
-      transposed ? carve.add(std::max(3 * h, f) * std::min(rows, kChunkRows) * 4) : 0;
+      transposed ? carve.add(std::max(h, f) * std::min(rows, kChunkRows) * 4) : 0;
 
   std::byte* base = ws.reserve(carve.size(), config.huge_pages);
   auto* x = reinterpret_cast<float*>(base + o_x);
@@ -902,7 +911,7 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
     const auto ki = static_cast<std::size_t>(kind);
     const std::size_t k = linear_k[ki];
     const std::size_t n = linear_n[ki];
-    if (transposed) {
+    if (is_transposed(kind)) {
       // What linear_pd's post-ops do, after the transpose back.
       const kern::LinearEpilogue epilogue = kind == LinearKind::ffn1  ? kern::LinearEpilogue::gelu
                                             : kind == LinearKind::qkv ? kern::LinearEpilogue::store

@@ -109,11 +109,14 @@ struct BertEncoderConfig {
   std::string document_prefix;
   /// Pooling; checkpoint follows the checkpoint's files.
   BertPooling pooling = BertPooling::checkpoint;
-  /// fp32 only: copies the projection weights into oneDNN's blocked layout
-  /// at load instead of reading the mapped [out, in] tensors in place. Costs
-  /// one float per projection weight of memory (about 85 MB for MiniLM-L6);
-  /// saves oneDNN's per-call repacking of the weights in batches above
-  /// fp32_transposed_max_tokens.
+  /// fp32 only: copies the attention-output and feed-forward weights into
+  /// oneDNN's blocked layout at load instead of reading the mapped [out, in]
+  /// tensors in place (the fused query/key/value weights are such a copy in
+  /// any case). Costs one float per copied weight (about 32 MB for
+  /// MiniLM-L6, 255 MB for BERT-base); saves oneDNN's per-call repacking in
+  /// batches above fp32_transposed_max_tokens and runs short batches faster
+  /// than the transposed product does (blocked weights feed the FMAs better
+  /// than broadcasts from [out, in] rows).
   bool fp32_prepack = false;
   /// fp32 on weights in the file's layout (without fp32_prepack): a batch of
   /// at most this many tokens runs each linear layer as W . X^T, the mapped

@@ -406,6 +406,7 @@ isa = ", ".join(f for f in ["avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
                 if re.search(rf"\b{f}\b", flags))
 ort_ver = next((m.get("version") for m in memory if m["runtime"] == "ort"), "?")
 torch_ver = next((m.get("version") for m in memory if m["runtime"] == "torch"), "not run")
+torch_blas = next((m.get("blas") for m in memory if m["runtime"] == "torch" and m.get("blas")), None)
 # The measured code, as the run recorded it (runs before 2026-11-28 did not:
 # then the checkout of the redraw).
 commit = info.get("commit") or sh("git rev-parse --short HEAD")
@@ -420,7 +421,8 @@ env_lines = [
     f"CPU: {cpu}, {os.cpu_count()} logical cores ({isa}); {platform.system()} "
     f"{platform.release()}. Load average (1/5/15 min) before the runs {info['load_before']}, "
     f"after {info['load_after']}.",
-    f"ONNX Runtime {ort_ver} (onnxruntime-node, CPU EP); PyTorch {torch_ver} (Debian); "
+    f"ONNX Runtime {ort_ver} (onnxruntime-node, CPU EP); PyTorch {torch_ver} (Debian"
+    f"{', GEMMs in ' + torch_blas if torch_blas else ''}); "
     f"{sh('c++ --version | head -1')}; timing options `{info['timing']}`, ONNX Runtime "
     f"and funnel taking turns in bursts of at least {info.get('burst_ms', 200)} ms and at most "
     f"{info.get('burst_calls', 40)} "

@@ -113,6 +113,23 @@ def openblas_setter():
         return None
 
 
+def blas_name():
+    """Which OpenBLAS build and kernels torch's GEMMs run on, e.g. "OpenBLAS
+    0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY Cooperlake MAX_THREADS=64
+    (core Cooperlake)", or None. OpenBLAS picks its kernels by CPU model at run time;
+    a CPU it does not know gets older, slower ones, which moves PyTorch's
+    speed by a factor of several, so the report names them.
+    """
+    try:
+        lib = ctypes.CDLL("libopenblas.so.0")
+        lib.openblas_get_config.restype = ctypes.c_char_p
+        lib.openblas_get_corename.restype = ctypes.c_char_p
+        config = lib.openblas_get_config().decode().strip()
+        return f"{config} (core {lib.openblas_get_corename().decode()})"
+    except (OSError, AttributeError):
+        return None
+
+
 def percentile(sorted_times, p):
     """Nearest rank: the smallest value with at least p of the runs at or below it."""
     return sorted_times[max(0, math.ceil(p * len(sorted_times)) - 1)]
@@ -195,7 +212,7 @@ def main():
         out.write(json.dumps({"runtime": "torch", "variant": variant, "model": args.model,
                               "memory": True, "start_rss_mib": start_rss / 1024,
                               "peak_rss_mib": status_kib("VmHWM") / 1024,
-                              "version": torch.__version__}) + "\n")
+                              "version": torch.__version__, "blas": blas_name()}) + "\n")
 
 
 if __name__ == "__main__":

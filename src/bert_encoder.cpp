@@ -593,14 +593,19 @@ void BertEncoder::Impl::load_weights() {
 
   linear_k = {h, h, h, f};
   linear_n = {3 * h, h, f, h};
+  // The arena has room for every copy prepare_linear may make: a reordered
+  // copy, or (weights read in place) one that is not mapped F32. Pages never
+  // touched stay virtual, so the bound costs no memory.
+  std::size_t arena_bytes = 0;
   for (std::size_t ki = 0; ki < kLinearKinds; ++ki) {
     const memory::dims kn{static_cast<memory::dim>(linear_k[ki]),
                           static_cast<memory::dim>(linear_n[ki])};
     // fp32 reads the mapped [out, in] weights in place, except the fused
     // QKV, a copy in any case: that copy is made in oneDNN's blocked layout,
     // which no call then repacks.
-    if (linear_in == Dt::f32 && !config.fp32_prepack &&
-        ki != static_cast<std::size_t>(LinearKind::qkv)) {
+    const bool in_place = linear_in == Dt::f32 && !config.fp32_prepack &&
+                          ki != static_cast<std::size_t>(LinearKind::qkv);
+    if (in_place) {
       weights_md[ki] = memory::desc(kn, Dt::f32, Tag::ba);
     } else {
       // Let oneDNN pick its blocked layout once; every M then reuses it.
@@ -611,14 +616,6 @@ void BertEncoder::Impl::load_weights() {
                              Tag::any);
       weights_md[ki] = linear_pd(static_cast<LinearKind>(ki), kChunkRows, any).weights_desc();
     }
-  }
-  // Room for every copy prepare_linear may make: a reordered copy, or (fp32
-  // in place) the fused QKV and any weight that is not mapped F32. Pages
-  // never touched stay virtual, so the bound costs no memory.
-  std::size_t arena_bytes = 0;
-  for (std::size_t ki = 0; ki < kLinearKinds; ++ki) {
-    const bool in_place = linear_in == Dt::f32 && !config.fp32_prepack &&
-                          ki != static_cast<std::size_t>(LinearKind::qkv);
     arena_bytes += detail::HugePageArena::footprint(
         in_place ? linear_k[ki] * linear_n[ki] * sizeof(float) : weights_md[ki].get_size());
   }
@@ -912,10 +909,10 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
     const std::size_t k = linear_k[ki];
     const std::size_t n = linear_n[ki];
     if (is_transposed(kind)) {
-      // What linear_pd's post-ops do, after the transpose back.
-      const kern::LinearEpilogue epilogue = kind == LinearKind::ffn1  ? kern::LinearEpilogue::gelu
-                                            : kind == LinearKind::qkv ? kern::LinearEpilogue::store
-                                                                      : kern::LinearEpilogue::add;
+      // What linear_pd's post-ops do, after the transpose back (the QKV
+      // product, whose output is stored, never runs transposed).
+      const kern::LinearEpilogue epilogue =
+          kind == LinearKind::ffn1 ? kern::LinearEpilogue::gelu : kern::LinearEpilogue::add;
       assert(out_dt == Dt::f32 && lw.w_f32.size() == k * n);
       const auto kk = static_cast<memory::dim>(k);
       const auto nn = static_cast<memory::dim>(n);

@@ -100,6 +100,14 @@ class NnEncoder(nn.Module):
         return self.encoder(x, src_key_padding_mask=attention_mask == 0)
 
 
+def openblas():
+    """The system OpenBLAS that Debian's torch does its fp32 GEMMs in, or None."""
+    try:
+        return ctypes.CDLL("libopenblas.so.0")
+    except OSError:
+        return None
+
+
 def openblas_setter():
     """openblas_set_num_threads of the OpenBLAS that torch calls, or None.
 
@@ -107,26 +115,24 @@ def openblas_setter():
     build), which keeps its own thread pool that torch.set_num_threads does
     not size; without this a "1 thread" row would use every core.
     """
-    try:
-        return ctypes.CDLL("libopenblas.so.0").openblas_set_num_threads
-    except (OSError, AttributeError):
-        return None
+    lib = openblas()
+    return getattr(lib, "openblas_set_num_threads", None) if lib else None
 
 
 def blas_name():
     """Which OpenBLAS build and kernels torch's GEMMs run on, e.g. "OpenBLAS
     0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY Cooperlake MAX_THREADS=64
-    (core Cooperlake)", or None. OpenBLAS picks its kernels by CPU model at run time;
-    a CPU it does not know gets older, slower ones, which moves PyTorch's
+    (core Cooperlake)", or None. OpenBLAS picks its kernels by CPU model at run
+    time; a CPU it does not know gets older, slower ones, which moves PyTorch's
     speed by a factor of several, so the report names them.
     """
+    lib = openblas()
     try:
-        lib = ctypes.CDLL("libopenblas.so.0")
         lib.openblas_get_config.restype = ctypes.c_char_p
         lib.openblas_get_corename.restype = ctypes.c_char_p
         config = lib.openblas_get_config().decode().strip()
         return f"{config} (core {lib.openblas_get_corename().decode()})"
-    except (OSError, AttributeError):
+    except AttributeError:  # no OpenBLAS (lib is None) or one without these calls
         return None
 
 

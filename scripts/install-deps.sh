@@ -17,14 +17,14 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   libeigen3-dev libdnnl-dev libfaiss-dev libopenblas-dev
   ocl-icd-opencl-dev opencl-c-headers   # dnnl's CMake config looks for OpenCL
-  nlohmann-json3-dev libutf8proc-dev
+  nlohmann-json3-dev libutf8proc-dev libsentencepiece-dev
   catch2 libbenchmark-dev
   clang-format clang-tidy
 )
 if [ "$bench" -eq 1 ]; then
   packages+=(
     libhnswlib-dev dataset-fashion-mnist gnuplot-nox
-    python3 python3-torch python3-numpy
+    python3 python3-torch python3-numpy python3-sentencepiece
   )
   # Node.js may come from elsewhere (NodeSource bundles npm in its nodejs,
   # which conflicts with Debian's npm): only install Debian's when absent.

@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <system_error>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -274,7 +275,7 @@ struct BertEncoder::Impl {
   BertEncoderConfig config;
   BertModelInfo info;
   std::size_t type_vocab_size = 0;
-  std::optional<BertTokenizer> tokenizer;
+  std::unique_ptr<const Tokenizer> tokenizer;
   std::optional<SafetensorsFile> weights_file;
   kern::KernelIsa isa;
 
@@ -370,14 +371,33 @@ void BertEncoder::Impl::load() {
 
   std::size_t max_length = std::min(config.max_length, arch.max_positions);
   if (st.max_seq_length) max_length = std::min(max_length, *st.max_seq_length);
-  tokenizer.emplace(BertTokenizer::load(model_dir, std::max<std::size_t>(max_length, 2)));
-  info.max_length = tokenizer->config().max_length;
-  info.vocab_size = tokenizer->vocab_size();
-  if (info.vocab_size != arch.vocab_size) {
-    fail(ErrorCode::format, (model_dir / "vocab.txt").string(), " has ", info.vocab_size,
-         " tokens but ", (model_dir / "config.json").string(), " says vocab_size ", arch.vocab_size,
-         " (the rows of the word-embedding table)");
+  const std::size_t limit = std::max<std::size_t>(max_length, 2);
+  std::error_code ec;
+  if (std::filesystem::exists(model_dir / "vocab.txt", ec)) {
+    tokenizer = std::make_unique<const BertTokenizer>(BertTokenizer::load(model_dir, limit));
+    if (tokenizer->vocab_size() != arch.vocab_size) {
+      fail(ErrorCode::format, (model_dir / "vocab.txt").string(), " has ", tokenizer->vocab_size(),
+           " tokens but ", (model_dir / "config.json").string(), " says vocab_size ",
+           arch.vocab_size, " (the rows of the word-embedding table)");
+    }
+  } else if (std::filesystem::exists(model_dir / "sentencepiece.bpe.model", ec)) {
+    tokenizer = std::make_unique<const SentencePieceTokenizer>(
+        SentencePieceTokenizer::load(model_dir, limit));
+    // multilingual-e5-small's table has rows past XLM-R's last id; fewer
+    // rows than ids would let a text index past the table.
+    if (tokenizer->vocab_size() > arch.vocab_size) {
+      fail(ErrorCode::format, (model_dir / "sentencepiece.bpe.model").string(), " gives ids up to ",
+           tokenizer->vocab_size() - 1, " (XLM-R's mapping: ", tokenizer->vocab_size() - 2,
+           " pieces, then <mask>) but ", (model_dir / "config.json").string(), " says vocab_size ",
+           arch.vocab_size, " (the rows of the word-embedding table)");
+    }
+  } else {
+    fail(ErrorCode::io, model_dir.string(),
+         ": no tokenizer: neither vocab.txt (BERT WordPiece) nor sentencepiece.bpe.model (XLM-R "
+         "SentencePiece) is there");
   }
+  info.max_length = tokenizer->max_length();
+  info.vocab_size = arch.vocab_size;
 
   BertComputeType compute = config.compute;
   if (compute == BertComputeType::automatic) {
@@ -1202,7 +1222,7 @@ std::string BertEncoder::name() const {
 
 const BertModelInfo& BertEncoder::info() const noexcept { return impl_->info; }
 const BertEncoderConfig& BertEncoder::config() const noexcept { return impl_->config; }
-const BertTokenizer& BertEncoder::tokenizer() const noexcept { return *impl_->tokenizer; }
+const Tokenizer& BertEncoder::tokenizer() const noexcept { return *impl_->tokenizer; }
 
 std::vector<std::int32_t> BertEncoder::tokenize(std::string_view text, TextRole role) const {
   const std::string& prefix =

@@ -770,6 +770,8 @@ std::size_t BertTokenizer::encode_into(std::string_view text, std::span<std::int
 }
 
 std::size_t BertTokenizer::vocab_size() const noexcept { return impl_->vocab.size(); }
+std::size_t BertTokenizer::max_length() const noexcept { return impl_->config.max_length; }
+std::string_view BertTokenizer::kind() const noexcept { return "wordpiece"; }
 
 std::int32_t BertTokenizer::id_of(std::string_view token) const { return impl_->whole.find(token); }
 

@@ -41,8 +41,9 @@ using funnel::TextRole;
 
 namespace {
 
-constexpr std::array<const char*, 3> kFixtures = {"tiny_f32_cls", "tiny_f16_mean_st",
-                                                  "tiny_bf16_plain"};
+// tiny_spm_mean_st: XLM-R's SentencePiece tokenizer (make_spm_fixture.py).
+constexpr std::array<const char*, 4> kFixtures = {"tiny_f32_cls", "tiny_f16_mean_st",
+                                                  "tiny_bf16_plain", "tiny_spm_mean_st"};
 
 fs::path fixture_dir(const std::string& name) {
   return fs::path(FUNNEL_TEST_DATA_DIR) / "bert" / name;
@@ -640,6 +641,43 @@ TEST_CASE("BertEncoder: a vocabulary smaller than the embedding table is an erro
     CHECK(e2.code() == ErrorCode::format);
     CHECK_THAT(e2.what(), Catch::Contains("word_embeddings") && Catch::Contains("[200, 64]") &&
                               Catch::Contains("expected [400, 32]"));
+  }
+}
+
+TEST_CASE("BertEncoder: an XLM-R SentencePiece checkpoint (multilingual-e5's layout)", "[bert]") {
+  const BertEncoder enc(config_for(fixture_dir("tiny_spm_mean_st")));
+  CHECK(enc.tokenizer().kind() == "sentencepiece");
+  CHECK(enc.tokenizer().pad_id() == 1);
+  // The table has rows past the tokenizer's last id (<mask>), as
+  // multilingual-e5-small's 250,037 rows exceed XLM-R's 250,002 ids.
+  CHECK(enc.tokenizer().vocab_size() == 162);
+  CHECK(enc.info().vocab_size == 165);
+  CHECK(BertEncoder(config_for(fixture_dir("tiny_f32_cls"))).tokenizer().kind() == "wordpiece");
+
+  SECTION("more tokenizer ids than embedding rows") {
+    FixtureCopy copy("tiny_spm_mean_st");
+    edit_json(copy.dir / "config.json", [](nlohmann::json& j) { j["vocab_size"] = 161; });
+    const Error e = error_of([&] { BertEncoder bad(config_for(copy.dir)); });
+    CHECK(e.code() == ErrorCode::format);
+    CHECK_THAT(e.what(), Catch::Contains("sentencepiece.bpe.model gives ids up to 161") &&
+                             Catch::Contains("vocab_size 161"));
+  }
+  SECTION("a damaged SentencePiece model") {
+    FixtureCopy copy("tiny_spm_mean_st");
+    const fs::path model = copy.dir / "sentencepiece.bpe.model";
+    const std::string bytes = funnel::testing::read_bytes(model);
+    funnel::testing::write_bytes(model, bytes.substr(0, bytes.size() / 2));
+    const Error e = error_of([&] { BertEncoder bad(config_for(copy.dir)); });
+    CHECK(e.code() == ErrorCode::format);
+    CHECK_THAT(e.what(), Catch::Contains("sentencepiece.bpe.model"));
+  }
+  SECTION("no tokenizer at all") {
+    FixtureCopy copy("tiny_spm_mean_st");
+    fs::remove(copy.dir / "sentencepiece.bpe.model");
+    const Error e = error_of([&] { BertEncoder bad(config_for(copy.dir)); });
+    CHECK(e.code() == ErrorCode::io);
+    CHECK_THAT(e.what(), Catch::Contains("no tokenizer") && Catch::Contains("vocab.txt") &&
+                             Catch::Contains("sentencepiece.bpe.model"));
   }
 }
 

@@ -3,7 +3,7 @@
 
 /// @file
 /// BertEncoder: a BERT-family transformer text encoder (all-MiniLM, bge,
-/// e5-small-v2, BERT-base, ...) loaded from a Hugging Face checkpoint
+/// e5-small-v2, multilingual-e5-small, BERT-base, ...) loaded from a Hugging Face checkpoint
 /// directory and run on oneDNN in fp32, bf16 or int8.
 ///
 /// What a checkpoint directory holds (see docs/bert-encoder.md):
@@ -11,7 +11,10 @@
 ///    num_attention_heads, intermediate_size, vocab_size,
 ///    max_position_embeddings; optional type_vocab_size, layer_norm_eps,
 ///    hidden_act "gelu", position_embedding_type "absolute");
-///  - vocab.txt and optional tokenizer_config.json (read by BertTokenizer);
+///  - the tokenizer: vocab.txt (BERT's WordPiece, read by BertTokenizer) or,
+///    without vocab.txt, sentencepiece.bpe.model (XLM-R's SentencePiece, as
+///    multilingual-e5 ships it; read by SentencePieceTokenizer), each with an
+///    optional tokenizer_config.json;
 ///  - model.safetensors with the Hugging Face tensor names, with or without
 ///    the "bert." prefix, in F32, F16 or BF16;
 ///  - optional sentence-transformers files: modules.json (Transformer,
@@ -45,6 +48,8 @@
 #include "funnel/bert_tokenizer.hpp"
 #include "funnel/encoder.hpp"
 #include "funnel/matrix.hpp"
+#include "funnel/sentencepiece_tokenizer.hpp"
+#include "funnel/tokenizer.hpp"
 
 namespace funnel {
 
@@ -150,11 +155,15 @@ struct BertEncoderConfig {
 
 /// What a loaded checkpoint is, after every default has been resolved.
 struct BertModelInfo {
-  std::size_t hidden = 0;         ///< hidden_size
-  std::size_t layers = 0;         ///< num_hidden_layers
-  std::size_t heads = 0;          ///< num_attention_heads
-  std::size_t intermediate = 0;   ///< intermediate_size
-  std::size_t vocab_size = 0;     ///< tokens in vocab.txt == rows of the word embeddings
+  std::size_t hidden = 0;        ///< hidden_size
+  std::size_t layers = 0;        ///< num_hidden_layers
+  std::size_t heads = 0;         ///< num_attention_heads
+  std::size_t intermediate = 0;  ///< intermediate_size
+  /// Rows of the word embeddings (config.json vocab_size). vocab.txt has
+  /// exactly this many tokens; a SentencePiece tokenizer's ids fit in it
+  /// (tokenizer().vocab_size() <= vocab_size: multilingual-e5-small has 35
+  /// rows more than XLM-R's 250,002 ids).
+  std::size_t vocab_size = 0;
   std::size_t max_positions = 0;  ///< max_position_embeddings
   std::size_t max_length = 0;     ///< effective longest sequence (see BertEncoderConfig)
   float layer_norm_eps = 1e-12F;  ///< layer_norm_eps
@@ -187,13 +196,16 @@ class BertEncoder final : public Encoder {
   /// Loads and validates a checkpoint and prepares the chosen arithmetic.
   /// @param[in] config settings; validated here
   /// @throws Error(invalid_argument) when config.validate() does;
-  ///         Error(io) naming a file that cannot be read;
+  ///         Error(io) naming a file that cannot be read, or the directory
+  ///         when it holds neither vocab.txt nor sentencepiece.bpe.model;
   ///         Error(format) naming the file and the field or tensor for bad
   ///         content: a missing, non-integer or inconsistent config.json
   ///         field (e.g. hidden_size not divisible by num_attention_heads), a
   ///         missing tensor, a tensor of another dtype than F32/F16/BF16 or of
   ///         the wrong shape (expected and actual), a vocab.txt whose token
-  ///         count differs from vocab_size or from the word-embedding rows;
+  ///         count differs from vocab_size or from the word-embedding rows, a
+  ///         SentencePiece model with more ids than vocab_size, a corrupt or
+  ///         truncated SentencePiece model;
   ///         Error(unsupported) for a valid checkpoint this encoder cannot run
   ///         (hidden_act other than "gelu", relative position embeddings, a
   ///         non-BERT model_type, a sentence-transformers module other than
@@ -251,8 +263,9 @@ class BertEncoder final : public Encoder {
   [[nodiscard]] const BertModelInfo& info() const noexcept;
   /// The settings this encoder was built with.
   [[nodiscard]] const BertEncoderConfig& config() const noexcept;
-  /// The checkpoint's tokenizer.
-  [[nodiscard]] const BertTokenizer& tokenizer() const noexcept;
+  /// The checkpoint's tokenizer: a BertTokenizer (vocab.txt) or a
+  /// SentencePieceTokenizer (sentencepiece.bpe.model); kind() tells which.
+  [[nodiscard]] const Tokenizer& tokenizer() const noexcept;
 
   /// Whether this CPU (and oneDNN build) runs `type`; automatic and fp32
   /// always do.

@@ -64,6 +64,8 @@
 #include <string_view>
 #include <vector>
 
+#include "funnel/tokenizer.hpp"
+
 namespace funnel {
 
 /// Settings of a BertTokenizer (defaults are those of bert-base-uncased).
@@ -96,7 +98,7 @@ struct BertTokenizerConfig {
 /// BERT's WordPiece tokenizer (see the file comment for the exact rules).
 ///
 /// Cheap to copy: copies share the immutable vocabulary.
-class BertTokenizer {
+class BertTokenizer final : public Tokenizer {
  public:
   /// Builds a tokenizer from a vocabulary.
   /// @param[in] vocab  token strings in id order (the lines of vocab.txt)
@@ -141,7 +143,7 @@ class BertTokenizer {
   /// Basic tokenization then WordPiece, as token strings, without [CLS],
   /// [SEP] or truncation (Hugging Face's tokenize()); for inspection.
   /// @throws Error(invalid_argument) naming the byte offset for invalid UTF-8.
-  [[nodiscard]] std::vector<std::string> tokenize(std::string_view text) const;
+  [[nodiscard]] std::vector<std::string> tokenize(std::string_view text) const override;
 
   /// Ids of [CLS], the text's WordPiece tokens, [SEP], with the tokens
   /// truncated so that the total is at most config().max_length ([SEP] is
@@ -152,7 +154,7 @@ class BertTokenizer {
   /// @throws Error(invalid_argument) for invalid UTF-8, naming text_index and
   ///         the byte offset of the first bad sequence.
   [[nodiscard]] std::vector<std::int32_t> encode(std::string_view text,
-                                                 std::size_t text_index = 0) const;
+                                                 std::size_t text_index = 0) const override;
 
   /// Like encode(), but writes into a caller buffer (no allocation once the
   /// calling thread's scratch buffers have grown), truncating to
@@ -167,16 +169,20 @@ class BertTokenizer {
                           std::size_t text_index = 0) const;
 
   /// Number of tokens in the vocabulary.
-  [[nodiscard]] std::size_t vocab_size() const noexcept;
+  [[nodiscard]] std::size_t vocab_size() const noexcept override;
+  /// config().max_length.
+  [[nodiscard]] std::size_t max_length() const noexcept override;
+  /// "wordpiece".
+  [[nodiscard]] std::string_view kind() const noexcept override;
   /// Id of a token, or -1 when it is not in the vocabulary.
   [[nodiscard]] std::int32_t id_of(std::string_view token) const;
   /// Token string of an id.
   /// @throws Error(invalid_argument) when id is outside [0, vocab_size()).
   [[nodiscard]] const std::string& token_of(std::int32_t id) const;
-  [[nodiscard]] std::int32_t cls_id() const noexcept;  ///< id of config().cls_token
-  [[nodiscard]] std::int32_t sep_id() const noexcept;  ///< id of config().sep_token
-  [[nodiscard]] std::int32_t pad_id() const noexcept;  ///< id of config().pad_token
-  [[nodiscard]] std::int32_t unk_id() const noexcept;  ///< id of config().unk_token
+  [[nodiscard]] std::int32_t cls_id() const noexcept;           ///< id of config().cls_token
+  [[nodiscard]] std::int32_t sep_id() const noexcept;           ///< id of config().sep_token
+  [[nodiscard]] std::int32_t pad_id() const noexcept override;  ///< id of config().pad_token
+  [[nodiscard]] std::int32_t unk_id() const noexcept;           ///< id of config().unk_token
   /// The settings in effect (after load(): those read from the checkpoint).
   [[nodiscard]] const BertTokenizerConfig& config() const noexcept;
 

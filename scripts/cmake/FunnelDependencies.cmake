@@ -9,11 +9,13 @@ find_package(faiss REQUIRED)
 find_package(nlohmann_json 3.9 REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(utf8proc REQUIRED IMPORTED_TARGET libutf8proc)
+# XLM-R tokenizers (multilingual-e5): the SentencePiece library itself.
+pkg_check_modules(sentencepiece REQUIRED IMPORTED_TARGET sentencepiece)
 find_package(Threads REQUIRED)
 
 add_library(funnel_deps INTERFACE)
 target_link_libraries(funnel_deps INTERFACE
-  faiss DNNL::dnnl Eigen3::Eigen nlohmann_json::nlohmann_json PkgConfig::utf8proc
+  faiss DNNL::dnnl Eigen3::Eigen nlohmann_json::nlohmann_json PkgConfig::utf8proc PkgConfig::sentencepiece
   OpenMP::OpenMP_CXX Threads::Threads)
 # Eigen must never start OpenMP threads on its own: components own their
 # thread counts (DESIGN.md), and one setting for every translation unit

@@ -1,0 +1,244 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
+"""Builds a small BERT checkpoint with an XLM-R SentencePiece tokenizer, with reference outputs.
+
+multilingual-e5-small (and the Multilingual-MiniLM models it comes from) is a
+BERT network whose tokenizer is XLM-RoBERTa's: a SentencePiece unigram model
+(`sentencepiece.bpe.model`, no vocab.txt) whose ids are shifted to fairseq's
+order. This script makes a checkpoint of that kind, `tiny_spm_mean_st`:
+
+  * trains a small unigram model with SentencePiece (Debian's
+    python3-sentencepiece) on a corpus written here (English, accented Latin,
+    Chinese and Japanese shop phrases), with XLM-R's settings: nmt_nfkc
+    normalisation, a dummy prefix, <unk> 0, <s> 1, </s> 2, no <pad> piece;
+  * maps SentencePiece ids to model ids the way Hugging Face's
+    XLMRobertaTokenizer does, written here from its definition: <s> 0,
+    <pad> 1, </s> 2, <unk> 3 (also for SentencePiece's <unk>), every other
+    piece at its SentencePiece id + 1, <mask> after the last piece;
+    a sequence is <s> pieces </s>, pieces truncated to max_length - 2;
+  * writes a random BERT model (make_bert_fixture.py's weights and its two
+    independent forward passes, which must agree) whose word-embedding table
+    has 3 rows more than the tokenizer's ids, as multilingual-e5-small's
+    250,037 rows exceed XLM-R's 250,002 ids.
+
+Run with Debian's python (torch 1.13, numpy, sentencepiece 0.1.97), CPU only:
+    /usr/bin/python3 tools/bert_fixture/make_spm_fixture.py --out tests/data/bert
+"""
+
+import argparse
+import io
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import sentencepiece as spm
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_bert_fixture as mbf  # noqa: E402
+
+NAME = "tiny_spm_mean_st"
+SEED = 44
+MAX_POSITION = 64
+SPM_VOCAB = 160
+EXTRA_ROWS = 3  # embedding rows past the tokenizer's last id (<mask>)
+
+# Corpus: shop phrases; every character of the inputs below except the
+# unknown ones occurs here, so that only those become <unk>.
+_CORPUS_LINES = [
+    "red running shoes for men", "blue running shoes for women", "smart watch with heart rate",
+    "kitchen knife set of five", "USB-C cable, 2 metres", "wireless earbuds with charging case",
+    "Café au lait mug", "crème brûlée torch", "déjà vu poster", "naïve art print, framed",
+    "北京 烤鸭 礼盒", "红色 跑步鞋", "智能 手表", "手机壳 透明", "我的 购物车",
+    "東京 お土産", "ラーメン 鉢", "price: $19.99 (free shipping)", "50% off today!",
+    "size 42; colour: black & white", "the best coffee cup in the world",
+    "hello world", "new arrivals: summer dresses", "men's leather wallet",
+    "women's silk scarf", "kids' rain boots", "garden hose 30m", "LED desk lamp",
+]
+
+
+def corpus_text():
+    lines = []
+    for rep in range(40):
+        for i, line in enumerate(_CORPUS_LINES):
+            # Deterministic variety: rotate words so that pieces have several contexts.
+            words = line.split(" ")
+            k = (rep + i) % len(words)
+            lines.append(" ".join(words[k:] + words[:k]))
+    return "\n".join(lines) + "\n"
+
+
+def train_spm(path_prefix):
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=io.StringIO(corpus_text()),
+        model_prefix=path_prefix,
+        model_type="unigram",
+        vocab_size=SPM_VOCAB,
+        character_coverage=1.0,
+        normalization_rule_name="nmt_nfkc",
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        num_threads=1,
+        seed_sentencepiece_size=100000,
+        shuffle_input_sentence=False,
+        hard_vocab_limit=True,
+        minloglevel=2,
+    )
+
+
+def xlmr_ids(sp, text, max_length):
+    """XLMRobertaTokenizer's ids of one text: <s> pieces </s>, truncated."""
+    pieces = sp.encode(text, out_type=int)
+    ids = [3 if p == sp.unk_id() else p + 1 for p in pieces]
+    ids = ids[: max_length - 2]
+    return [0] + ids + [2], [sp.id_to_piece(p) for p in pieces][: max_length - 2]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data", "bert"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    d = os.path.join(args.out, NAME)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    train_spm(os.path.join(d, "sentencepiece.bpe"))
+    os.remove(os.path.join(d, "sentencepiece.bpe.vocab"))
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(d, "sentencepiece.bpe.model"))
+    assert sp.get_piece_size() == SPM_VOCAB
+    assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, -1)
+    tokenizer_ids = SPM_VOCAB + 2  # fairseq's 4 specials replace spm's 3, plus <mask>
+
+    words = ["smart", "watch", "北京", "running", "shoes", "2024", "!", "Café", "ラーメン", "kitchen"]
+
+    def fill(target):
+        out = []
+        while len(xlmr_ids(sp, " ".join(out), 10 ** 6)[0]) < target:
+            out.append(words[len(out) % len(words)])
+        return out
+
+    exact = fill(MAX_POSITION)
+    while len(xlmr_ids(sp, " ".join(exact), 10 ** 6)[0]) > MAX_POSITION:
+        exact.pop()
+    texts = [
+        "Hello world",
+        # NFKC: fullwidth letters and digits, the "fi" ligature, a decomposed é;
+        # extra whitespace (collapsed), a tab.
+        "ＵＳＢ－Ｃ ｃａｂｌｅ  ２０２４ ﬁre  Cafe\u0301\tmug",
+        "红色 跑步鞋 北京烤鸭 東京のラーメン",
+        # 猫 and ☃ are not in the corpus: SentencePiece's <unk>, id 3 here.
+        "猫 shoes ☃",
+        " ".join(exact),
+        " ".join(fill(MAX_POSITION + 20)),  # truncated
+    ]
+    encoded = [xlmr_ids(sp, t, MAX_POSITION) for t in texts]
+    assert len(encoded[4][0]) <= MAX_POSITION and len(encoded[5][0]) == MAX_POSITION
+    assert 3 in encoded[3][0]
+
+    h = 32
+    cfg = {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "hidden_size": h,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 4 * h,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": MAX_POSITION,
+        "type_vocab_size": 2,
+        "vocab_size": tokenizer_ids + EXTRA_ROWS,
+        "layer_norm_eps": 1e-12,
+        "initializer_range": 0.02,
+        "pad_token_id": 1,
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "position_embedding_type": "absolute",
+        "torch_dtype": "float32",
+        "transformers_version": "4.30.0",
+    }
+    n = max(len(ids) for ids, _ in encoded)
+    b = len(texts)
+    ids = torch.ones(b, n, dtype=torch.int64)  # <pad> = 1
+    mask = torch.zeros(b, n, dtype=torch.int64)
+    for r, (row, _) in enumerate(encoded):
+        ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row)] = 1
+
+    gen = torch.Generator().manual_seed(SEED)
+    weights = mbf.make_weights(cfg, gen)
+    exact_w = mbf.round_to(weights, torch.float32)
+    ref64 = mbf.hand_forward(exact_w, cfg, ids, mask, torch.float64)
+    tor64 = mbf.torch_forward(exact_w, cfg, ids, mask, torch.float64)
+    valid = mask.bool()[:, :, None]
+    d64 = ((ref64 - tor64).abs() * valid).max().item()
+    assert d64 < 1e-10, f"float64 forwards differ by {d64}"
+    ref32 = mbf.hand_forward(exact_w, cfg, ids, mask, torch.float32)
+    with torch.no_grad():
+        tor32 = mbf.torch_forward(exact_w, cfg, ids, mask, torch.float32)
+    d32 = max(((ref32.double() - ref64).abs() * valid).max().item(),
+              ((tor32.double() - ref64).abs() * valid).max().item())
+    assert d32 < 1e-5, f"float32 forwards differ from float64 by {d32}"
+    hidden = (ref64 * valid).to(torch.float32)
+    raw = {m: mbf.pool(ref64, mask, m) for m in ("cls", "mean", "max")}
+    pooled = raw["mean"] / raw["mean"].norm(dim=1, keepdim=True)
+
+    def dump_json(path, obj):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+    dump_json(os.path.join(d, "config.json"), cfg)
+    dump_json(os.path.join(d, "tokenizer_config.json"), {
+        "tokenizer_class": "XLMRobertaTokenizer",
+        "model_max_length": MAX_POSITION,
+        "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
+        "unk_token": "<unk>", "pad_token": "<pad>",
+        "mask_token": {"content": "<mask>", "lstrip": True, "normalized": True,
+                       "rstrip": False, "single_word": False, "__type": "AddedToken"},
+    })
+    tensors = sorted((k, t.to(torch.float32)) for k, t in weights.items())
+    mbf.write_safetensors(os.path.join(d, "model.safetensors"), tensors, {"format": "pt"})
+    dump_json(os.path.join(d, "modules.json"), [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ])
+    os.makedirs(os.path.join(d, "1_Pooling"))
+    dump_json(os.path.join(d, "1_Pooling", "config.json"), {
+        "word_embedding_dimension": h, "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    })
+    dump_json(os.path.join(d, "sentence_bert_config.json"),
+              {"max_seq_length": MAX_POSITION, "do_lower_case": False})
+    with open(os.path.join(d, "inputs.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(t + "\n" for t in texts))
+    with open(os.path.join(d, "tokens.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(" ".join(p) + "\n" for _, p in encoded))
+    np.save(os.path.join(d, "ids.npy"), ids.numpy().astype(np.int64))
+    np.save(os.path.join(d, "mask.npy"), mask.numpy().astype(np.int64))
+    np.save(os.path.join(d, "last_hidden_state.npy"), hidden.reshape(b * n, h).numpy())
+    np.save(os.path.join(d, "pooled.npy"), pooled.to(torch.float32).numpy())
+    for m, t in raw.items():
+        np.save(os.path.join(d, f"pooled_{m}.npy"), t.to(torch.float32).numpy())
+    dump_json(os.path.join(d, "fixture.json"), {
+        "dtype": "F32", "tensor_prefix": "", "pooling": "mean", "normalize": True,
+        "sentence_transformers": True, "tokenizer": "xlm-roberta sentencepiece",
+        "batch": b, "seq_len": n, "lengths": [len(r) for r, _ in encoded],
+        "max_length": MAX_POSITION, "seed": SEED, "sentencepiece_pieces": SPM_VOCAB,
+        "tokenizer_ids": tokenizer_ids, "vocab_size": cfg["vocab_size"],
+        "float32_vs_float64_max_abs_diff": d32,
+    })
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
+    print(f"{NAME}: batch {b} x {n}, lengths {[len(r) for r, _ in encoded]}, "
+          f"fp32 diff {d32:.2e}, {size / 1024:.0f} KiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -271,6 +271,16 @@ bool BertEncoder::cpu_supports(BertComputeType type) noexcept {
 
 // ---------------------------------------------------------------------------
 
+namespace {
+
+// ", less the offset N" for XLM-RoBERTa's position ids, else "".
+std::string position_note(const BertModelInfo& i) {
+  return i.position_offset == 0 ? std::string()
+                                : detail::cat(" less XLM-RoBERTa's offset ", i.position_offset);
+}
+
+}  // namespace
+
 struct BertEncoder::Impl {
   BertEncoderConfig config;
   BertModelInfo info;
@@ -358,6 +368,8 @@ void BertEncoder::Impl::load() {
   info.heads = arch.heads;
   info.intermediate = arch.intermediate;
   info.max_positions = arch.max_positions;
+  info.position_offset = arch.position_offset;
+  info.model_type = arch.model_type;
   info.layer_norm_eps = arch.layer_norm_eps;
   type_vocab_size = arch.type_vocab_size;
   info.checkpoint_normalizes = st.normalize;
@@ -369,7 +381,7 @@ void BertEncoder::Impl::load() {
   info.pooling = config.pooling != BertPooling::checkpoint ? config.pooling
                                                            : st.pooling.value_or(BertPooling::mean);
 
-  std::size_t max_length = std::min(config.max_length, arch.max_positions);
+  std::size_t max_length = std::min(config.max_length, arch.max_positions - arch.position_offset);
   if (st.max_seq_length) max_length = std::min(max_length, *st.max_seq_length);
   const std::size_t limit = std::max<std::size_t>(max_length, 2);
   std::error_code ec;
@@ -438,13 +450,17 @@ void BertEncoder::Impl::load() {
          " not found (only safetensors checkpoints are read; convert pytorch_model.bin)");
   }
   weights_file.emplace(SafetensorsFile::open(st_path, {.huge_pages = config.huge_pages}));
-  if (weights_file->find("bert.embeddings.word_embeddings.weight") != nullptr) {
-    info.tensor_prefix = "bert.";
+  // HF's BertModel / XLMRobertaModel name their tensors with the prefix in
+  // a task model's file and without it as a base model or in
+  // sentence-transformers.
+  const std::string own_prefix = info.model_type == "xlm-roberta" ? "roberta." : "bert.";
+  if (weights_file->find(own_prefix + "embeddings.word_embeddings.weight") != nullptr) {
+    info.tensor_prefix = own_prefix;
   } else if (weights_file->find("embeddings.word_embeddings.weight") != nullptr) {
     info.tensor_prefix = "";
   } else {
     fail(ErrorCode::format, "missing tensor embeddings.word_embeddings.weight (with or without ",
-         "the \"bert.\" prefix) in ", st_path.string());
+         "the \"", own_prefix, "\" prefix) in ", st_path.string());
   }
 
   // The word embeddings are read a row per token: 2 MiB pages would make
@@ -1044,7 +1060,7 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
       for (std::size_t t = 0; t < s.length; ++t) {
         float* row = x + (offset[static_cast<std::size_t>(si)] + t) * h;
         const float* we = word.data() + static_cast<std::size_t>(s.ids[t]) * h;
-        const float* pe = position.data() + t * h;
+        const float* pe = position.data() + (info.position_offset + t) * h;
         const float* te = token_type.data();
         for (std::size_t j = 0; j < h; ++j) row[j] = we[j] + pe[j] + te[j];
       }
@@ -1274,8 +1290,10 @@ BertForwardResult BertEncoder::forward(std::span<const std::vector<std::int32_t>
   for (std::size_t r = 0; r < sequences.size(); ++r) {
     const auto& s = sequences[r];
     detail::require(!s.empty(), "BertEncoder::forward: sequence ", r, " is empty");
-    detail::require(s.size() <= i.max_positions, "BertEncoder::forward: sequence ", r, " has ",
-                    s.size(), " tokens, more than max_position_embeddings ", i.max_positions);
+    detail::require(s.size() <= i.max_positions - i.position_offset,
+                    "BertEncoder::forward: sequence ", r, " has ", s.size(),
+                    " tokens, more than the model's ", i.max_positions - i.position_offset,
+                    " positions (max_position_embeddings ", i.max_positions, position_note(i), ")");
     for (std::size_t t = 0; t < s.size(); ++t) {
       detail::require(s[t] >= 0 && static_cast<std::size_t>(s[t]) < i.vocab_size,
                       "BertEncoder::forward: sequence ", r, " token ", t, " has id ", s[t],
@@ -1295,8 +1313,9 @@ BertForwardResult BertEncoder::forward(MatrixView<const std::int64_t> ids,
   detail::require(ids.rows == mask.rows && ids.cols == mask.cols, "BertEncoder::forward: ids is ",
                   ids.rows, " x ", ids.cols, " but mask is ", mask.rows, " x ", mask.cols);
   const auto& i = impl_->info;
-  detail::require(ids.cols <= i.max_positions, "BertEncoder::forward: seq_len ", ids.cols,
-                  " exceeds max_position_embeddings ", i.max_positions);
+  detail::require(ids.cols <= i.max_positions - i.position_offset, "BertEncoder::forward: seq_len ",
+                  ids.cols, " exceeds the model's ", i.max_positions - i.position_offset,
+                  " positions (max_position_embeddings ", i.max_positions, position_note(i), ")");
   std::vector<std::vector<std::int32_t>> seqs(ids.rows);
   for (std::size_t r = 0; r < ids.rows; ++r) {
     std::size_t len = 0;

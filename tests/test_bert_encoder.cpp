@@ -41,9 +41,10 @@ using funnel::TextRole;
 
 namespace {
 
-// tiny_spm_mean_st: XLM-R's SentencePiece tokenizer (make_spm_fixture.py).
-constexpr std::array<const char*, 4> kFixtures = {"tiny_f32_cls", "tiny_f16_mean_st",
-                                                  "tiny_bf16_plain", "tiny_spm_mean_st"};
+// tiny_spm_mean_st: XLM-R's SentencePiece tokenizer on a BERT network;
+// tiny_xlmr_cls: the XLM-RoBERTa network (make_spm_fixture.py).
+constexpr std::array<const char*, 5> kFixtures = {
+    "tiny_f32_cls", "tiny_f16_mean_st", "tiny_bf16_plain", "tiny_spm_mean_st", "tiny_xlmr_cls"};
 
 fs::path fixture_dir(const std::string& name) {
   return fs::path(FUNNEL_TEST_DATA_DIR) / "bert" / name;
@@ -678,6 +679,52 @@ TEST_CASE("BertEncoder: an XLM-R SentencePiece checkpoint (multilingual-e5's lay
     CHECK(e.code() == ErrorCode::io);
     CHECK_THAT(e.what(), Catch::Contains("no tokenizer") && Catch::Contains("vocab.txt") &&
                              Catch::Contains("sentencepiece.bpe.model"));
+  }
+}
+
+TEST_CASE("BertEncoder: an XLM-RoBERTa network (multilingual-e5-base, bge-m3's layout)", "[bert]") {
+  const BertEncoder enc(config_for(fixture_dir("tiny_xlmr_cls")));
+  const auto& info = enc.info();
+  CHECK(info.model_type == "xlm-roberta");
+  CHECK(info.tensor_prefix == "roberta.");
+  CHECK(info.position_offset == 2);  // pad_token_id 1 + 1
+  CHECK(info.max_positions == 66);
+  CHECK(info.max_length == 64);
+  CHECK(enc.tokenizer().kind() == "sentencepiece");
+  CHECK(BertEncoder(config_for(fixture_dir("tiny_f32_cls"))).info().position_offset == 0);
+
+  // 64 tokens fit, 65 do not: the first two rows of the table are not positions.
+  std::vector<std::vector<std::int32_t>> seqs{std::vector<std::int32_t>(64, 5)};
+  CHECK(enc.forward(seqs).hidden.rows() == 64);
+  seqs[0].push_back(5);
+  const Error e = error_of([&] { (void)enc.forward(seqs); });
+  CHECK(e.code() == ErrorCode::invalid_argument);
+  CHECK_THAT(e.what(), Catch::Contains("65 tokens") && Catch::Contains("64 positions") &&
+                           Catch::Contains("offset 2"));
+
+  FixtureCopy copy("tiny_xlmr_cls");
+  const fs::path cfg = copy.dir / "config.json";
+  auto load_error = [&] { return error_of([&] { BertEncoder bad(config_for(copy.dir)); }); };
+  SECTION("plain RoBERTa (byte-level BPE tokenizer) is refused") {
+    edit_json(cfg, [](nlohmann::json& j) { j["model_type"] = "roberta"; });
+    const Error u = load_error();
+    CHECK(u.code() == ErrorCode::unsupported);
+    CHECK_THAT(u.what(), Catch::Contains("\"roberta\"") && Catch::Contains("xlm-roberta"));
+  }
+  SECTION("a pad id that leaves no position") {
+    edit_json(cfg, [](nlohmann::json& j) { j["pad_token_id"] = 65; });
+    const Error f = load_error();
+    CHECK(f.code() == ErrorCode::format);
+    CHECK_THAT(f.what(), Catch::Contains("max_position_embeddings 66") &&
+                             Catch::Contains("pad_token_id is 65"));
+    edit_json(cfg, [](nlohmann::json& j) { j["pad_token_id"] = -1; });
+    CHECK(load_error().code() == ErrorCode::format);
+  }
+  SECTION("tensors without the roberta. prefix name it") {
+    edit_json(cfg, [](nlohmann::json& j) { j["model_type"] = "bert"; });
+    const Error f = load_error();
+    CHECK(f.code() == ErrorCode::format);
+    CHECK_THAT(f.what(), Catch::Contains("\"bert.\" prefix"));
   }
 }
 

@@ -3,20 +3,22 @@
 
 /// @file
 /// BertEncoder: a BERT-family transformer text encoder (all-MiniLM, bge,
-/// e5-small-v2, multilingual-e5-small, BERT-base, ...) loaded from a Hugging Face checkpoint
-/// directory and run on oneDNN in fp32, bf16 or int8.
+/// e5-small-v2, multilingual-e5, bge-m3, BERT-base, ...) loaded from a
+/// Hugging Face checkpoint directory and run on oneDNN in fp32, bf16 or int8.
 ///
 /// What a checkpoint directory holds (see docs/bert-encoder.md):
-///  - config.json: the BERT architecture (hidden_size, num_hidden_layers,
+///  - config.json: the architecture, model_type "bert" or "xlm-roberta"
+///    (the same post-LayerNorm encoder; XLM-RoBERTa counts positions from
+///    pad_token_id + 1): hidden_size, num_hidden_layers,
 ///    num_attention_heads, intermediate_size, vocab_size,
 ///    max_position_embeddings; optional type_vocab_size, layer_norm_eps,
-///    hidden_act "gelu", position_embedding_type "absolute");
+///    pad_token_id, hidden_act "gelu", position_embedding_type "absolute";
 ///  - the tokenizer: vocab.txt (BERT's WordPiece, read by BertTokenizer) or,
 ///    without vocab.txt, sentencepiece.bpe.model (XLM-R's SentencePiece, as
-///    multilingual-e5 ships it; read by SentencePieceTokenizer), each with an
-///    optional tokenizer_config.json;
+///    multilingual-e5 and bge-m3 ship it; read by SentencePieceTokenizer),
+///    each with an optional tokenizer_config.json;
 ///  - model.safetensors with the Hugging Face tensor names, with or without
-///    the "bert." prefix, in F32, F16 or BF16;
+///    the "bert." ("roberta.") prefix, in F32, F16 or BF16;
 ///  - optional sentence-transformers files: modules.json (Transformer,
 ///    Pooling, Normalize), <pooling dir>/config.json (CLS, mean, max or
 ///    mean/sqrt(len) pooling) and sentence_bert_config.json (max_seq_length).
@@ -165,9 +167,14 @@ struct BertModelInfo {
   /// rows more than XLM-R's 250,002 ids).
   std::size_t vocab_size = 0;
   std::size_t max_positions = 0;  ///< max_position_embeddings
+  /// Position-table row of a sequence's first token: 0 for model_type
+  /// "bert", pad_token_id + 1 for "xlm-roberta" (so a sequence has at most
+  /// max_positions - position_offset tokens).
+  std::size_t position_offset = 0;
+  std::string model_type;         ///< "bert" or "xlm-roberta"
   std::size_t max_length = 0;     ///< effective longest sequence (see BertEncoderConfig)
   float layer_norm_eps = 1e-12F;  ///< layer_norm_eps
-  std::string tensor_prefix;      ///< "bert." or ""
+  std::string tensor_prefix;      ///< "bert.", "roberta." or ""
   std::string weights_dtype;      ///< "F32", "F16", "BF16" or "mixed"
   BertComputeType compute = BertComputeType::fp32;  ///< resolved (never automatic)
   BertPooling pooling = BertPooling::mean;          ///< resolved (never checkpoint)

@@ -30,6 +30,11 @@ struct ArchConfig {
   std::size_t max_positions = 0;
   std::size_t type_vocab_size = 2;
   float layer_norm_eps = 1e-12F;
+  /// Row of the position table for a sequence's first token: 0 for BERT;
+  /// pad_token_id + 1 for XLM-RoBERTa, whose position ids count from past
+  /// the padding id (Hugging Face's create_position_ids_from_input_ids).
+  std::size_t position_offset = 0;
+  std::string model_type = "bert";  ///< "bert" or "xlm-roberta"
 };
 
 /// Parses a JSON file; Error(format) naming the file when it is not JSON.
@@ -72,9 +77,10 @@ inline ArchConfig parse_config_json(const std::filesystem::path& file) {
     }
     return it->get<std::string>();
   };
-  if (const auto type = string_field("model_type"); type && *type != "bert") {
-    fail(ErrorCode::unsupported, file.string(), ": model_type \"", *type,
-         "\" is not supported (BertEncoder runs model_type \"bert\")");
+  const std::string model_type = string_field("model_type").value_or("bert");
+  if (model_type != "bert" && model_type != "xlm-roberta") {
+    fail(ErrorCode::unsupported, file.string(), ": model_type \"", model_type,
+         "\" is not supported (BertEncoder runs model_type \"bert\" and \"xlm-roberta\")");
   }
   if (const auto act = string_field("hidden_act"); act && *act != "gelu") {
     fail(ErrorCode::unsupported, file.string(), ": hidden_act \"", *act,
@@ -85,6 +91,7 @@ inline ArchConfig parse_config_json(const std::filesystem::path& file) {
          "\" is not supported (only \"absolute\")");
   }
   ArchConfig c;
+  c.model_type = model_type;
   c.hidden = positive_field(j, "hidden_size", file);
   c.layers = positive_field(j, "num_hidden_layers", file);
   c.heads = positive_field(j, "num_attention_heads", file);
@@ -98,6 +105,23 @@ inline ArchConfig parse_config_json(const std::filesystem::path& file) {
            ": field \"layer_norm_eps\" must be a positive number, got ", it->dump());
     }
     c.layer_norm_eps = static_cast<float>(it->get<double>());
+  }
+  if (model_type == "xlm-roberta") {
+    const auto it = j.find("pad_token_id");
+    std::size_t pad = 1;  // XLM-R's <pad>
+    if (it != j.end() && !it->is_null()) {
+      if (!it->is_number_integer() || it->get<std::int64_t>() < 0) {
+        fail(ErrorCode::format, file.string(),
+             ": field \"pad_token_id\" must be a non-negative integer, got ", it->dump());
+      }
+      pad = it->get<std::size_t>();
+    }
+    if (pad >= c.max_positions - 1) {  // no overflow: max_positions >= 1
+      fail(ErrorCode::format, file.string(), ": max_position_embeddings ", c.max_positions,
+           " leaves no position for a token (XLM-RoBERTa's positions start at pad_token_id + 1, ",
+           "pad_token_id is ", pad, ")");
+    }
+    c.position_offset = pad + 1;
   }
   if (c.hidden % c.heads != 0) {
     fail(ErrorCode::format, file.string(), ": hidden_size ", c.hidden,

@@ -287,7 +287,7 @@ def make_weights(cfg, gen):
     return w
 
 
-def hand_forward(w, cfg, ids, mask, dtype):
+def hand_forward(w, cfg, ids, mask, dtype, positions=None):
     """BERT written out from its definition."""
     eps = cfg["layer_norm_eps"]
     nh = cfg["num_attention_heads"]
@@ -304,8 +304,8 @@ def hand_forward(w, cfg, ids, mask, dtype):
     def linear(x, name):
         return x @ g[name + ".weight"].T + g[name + ".bias"]
 
-    pos = torch.arange(n)
-    x = (g["embeddings.word_embeddings.weight"][ids] + g["embeddings.position_embeddings.weight"][pos][None]
+    pos = torch.arange(n)[None] if positions is None else positions  # 1 x n or b x n
+    x = (g["embeddings.word_embeddings.weight"][ids] + g["embeddings.position_embeddings.weight"][pos]
          + g["embeddings.token_type_embeddings.weight"][torch.zeros_like(ids)])
     x = layer_norm(x, g["embeddings.LayerNorm.weight"], g["embeddings.LayerNorm.bias"])
     keep = mask.bool()[:, None, None, :]  # b x 1 x 1 x n (keys)
@@ -330,7 +330,7 @@ def hand_forward(w, cfg, ids, mask, dtype):
     return x
 
 
-def torch_forward(w, cfg, ids, mask, dtype):
+def torch_forward(w, cfg, ids, mask, dtype, positions=None):
     """The same model built from torch.nn modules: Embedding + LayerNorm, TransformerEncoderLayer."""
     h, nh, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_eps"]
     word = torch.nn.Embedding.from_pretrained(w["embeddings.word_embeddings.weight"].to(dtype))
@@ -362,7 +362,7 @@ def torch_forward(w, cfg, ids, mask, dtype):
             layer.norm2.bias.copy_(w[p + "output.LayerNorm.bias"])
             layer.eval()
             layers.append(layer)
-    pos = torch.arange(ids.shape[1])[None].expand_as(ids)
+    pos = torch.arange(ids.shape[1])[None].expand_as(ids) if positions is None else positions
     x = norm(word(ids) + posn(pos) + typ(torch.zeros_like(ids)))
     pad = ~mask.bool()  # True where padded, as src_key_padding_mask expects
     for layer in layers:

@@ -1,11 +1,14 @@
 #!/usr/bin/python3
 # SPDX-License-Identifier: Apache-2.0
-"""Builds a small BERT checkpoint with an XLM-R SentencePiece tokenizer, with reference outputs.
+"""Builds small BERT / XLM-RoBERTa checkpoints with XLM-R's SentencePiece tokenizer.
 
 multilingual-e5-small (and the Multilingual-MiniLM models it comes from) is a
 BERT network whose tokenizer is XLM-RoBERTa's: a SentencePiece unigram model
 (`sentencepiece.bpe.model`, no vocab.txt) whose ids are shifted to fairseq's
-order. This script makes a checkpoint of that kind, `tiny_spm_mean_st`:
+order; multilingual-e5-base/large and bge-m3 put the same tokenizer on an
+XLM-RoBERTa network, which is BERT's encoder with position ids counted from
+pad_token_id + 1. This script makes one checkpoint of each kind,
+`tiny_spm_mean_st` (BERT) and `tiny_xlmr_cls` (XLM-RoBERTa):
 
   * trains a small unigram model with SentencePiece (Debian's
     python3-sentencepiece) on a corpus written here (English, accented Latin,
@@ -16,10 +19,12 @@ order. This script makes a checkpoint of that kind, `tiny_spm_mean_st`:
     <pad> 1, </s> 2, <unk> 3 (also for SentencePiece's <unk>), every other
     piece at its SentencePiece id + 1, <mask> after the last piece;
     a sequence is <s> pieces </s>, pieces truncated to max_length - 2;
-  * writes a random BERT model (make_bert_fixture.py's weights and its two
-    independent forward passes, which must agree) whose word-embedding table
-    has 3 rows more than the tokenizer's ids, as multilingual-e5-small's
-    250,037 rows exceed XLM-R's 250,002 ids.
+  * writes a random network (make_bert_fixture.py's weights and its two
+    independent forward passes, which must agree, fed Hugging Face's
+    position ids: arange for BERT, create_position_ids_from_input_ids for
+    XLM-RoBERTa) whose word-embedding table has 3 rows more than the
+    tokenizer's ids, as multilingual-e5-small's 250,037 rows exceed XLM-R's
+    250,002 ids.
 
 Run with Debian's python (torch 1.13, numpy, sentencepiece 0.1.97), CPU only:
     /usr/bin/python3 tools/bert_fixture/make_spm_fixture.py --out tests/data/bert
@@ -39,8 +44,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_bert_fixture as mbf  # noqa: E402
 
-NAME = "tiny_spm_mean_st"
-SEED = 44
 MAX_POSITION = 64
 SPM_VOCAB = 160
 EXTRA_ROWS = 3  # embedding rows past the tokenizer's last id (<mask>)
@@ -97,20 +100,52 @@ def xlmr_ids(sp, text, max_length):
     return [0] + ids + [2], [sp.id_to_piece(p) for p in pieces][: max_length - 2]
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data", "bert"))
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    d = os.path.join(args.out, NAME)
+SPECS = [
+    {
+        # multilingual-e5-small's layout: model_type bert, no tensor prefix
+        # (sentence-transformers), mean pooling + Normalize.
+        "name": "tiny_spm_mean_st", "seed": 44, "model_type": "bert", "prefix": "",
+        "pooling": "mean", "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+    },
+    {
+        # multilingual-e5-base / bge-m3's layout: model_type xlm-roberta,
+        # "roberta." prefix (as XLMRobertaModel saves), positions counted from
+        # pad_token_id + 1 (so max_position_embeddings = 64 + 2), one token
+        # type, LayerNorm eps 1e-5, CLS pooling + Normalize (bge-m3).
+        "name": "tiny_xlmr_cls", "seed": 55, "model_type": "xlm-roberta", "prefix": "roberta.",
+        "pooling": "cls", "type_vocab_size": 1, "layer_norm_eps": 1e-5,
+    },
+]
+
+
+def hf_position_ids(ids, model_type, pad):
+    """Hugging Face's position ids: arange for BERT; for XLM-RoBERTa
+    create_position_ids_from_input_ids: cumsum of the non-pad mask, times the
+    mask, plus padding_idx (real tokens count from pad + 1, pads sit at pad)."""
+    if model_type == "bert":
+        return torch.arange(ids.shape[1])[None].expand_as(ids)
+    m = ids.ne(pad).long()
+    return torch.cumsum(m, dim=1) * m + pad
+
+
+def make_fixture(spec, out_root, model_src=None):
+    name = spec["name"]
+    d = os.path.join(out_root, name)
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
-    train_spm(os.path.join(d, "sentencepiece.bpe"))
-    os.remove(os.path.join(d, "sentencepiece.bpe.vocab"))
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(d, "sentencepiece.bpe.model"))
+    model_file = os.path.join(d, "sentencepiece.bpe.model")
+    if model_src is None:
+        train_spm(os.path.join(d, "sentencepiece.bpe"))
+        os.remove(os.path.join(d, "sentencepiece.bpe.vocab"))
+    else:
+        shutil.copyfile(model_src, model_file)
+    sp = spm.SentencePieceProcessor(model_file=model_file)
     assert sp.get_piece_size() == SPM_VOCAB
     assert (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, -1)
     tokenizer_ids = SPM_VOCAB + 2  # fairseq's 4 specials replace spm's 3, plus <mask>
+    pad = 1
+    roberta = spec["model_type"] == "xlm-roberta"
+    offset = pad + 1 if roberta else 0
 
     words = ["smart", "watch", "北京", "running", "shoes", "2024", "!", "Café", "ラーメン", "kitchen"]
 
@@ -140,8 +175,8 @@ def main():
 
     h = 32
     cfg = {
-        "architectures": ["BertModel"],
-        "model_type": "bert",
+        "architectures": ["XLMRobertaModel" if roberta else "BertModel"],
+        "model_type": spec["model_type"],
         "hidden_size": h,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
@@ -149,12 +184,12 @@ def main():
         "hidden_act": "gelu",
         "hidden_dropout_prob": 0.1,
         "attention_probs_dropout_prob": 0.1,
-        "max_position_embeddings": MAX_POSITION,
-        "type_vocab_size": 2,
+        "max_position_embeddings": MAX_POSITION + offset,
+        "type_vocab_size": spec["type_vocab_size"],
         "vocab_size": tokenizer_ids + EXTRA_ROWS,
-        "layer_norm_eps": 1e-12,
+        "layer_norm_eps": spec["layer_norm_eps"],
         "initializer_range": 0.02,
-        "pad_token_id": 1,
+        "pad_token_id": pad,
         "bos_token_id": 0,
         "eos_token_id": 2,
         "position_embedding_type": "absolute",
@@ -163,29 +198,32 @@ def main():
     }
     n = max(len(ids) for ids, _ in encoded)
     b = len(texts)
-    ids = torch.ones(b, n, dtype=torch.int64)  # <pad> = 1
+    ids = torch.full((b, n), pad, dtype=torch.int64)
     mask = torch.zeros(b, n, dtype=torch.int64)
     for r, (row, _) in enumerate(encoded):
         ids[r, : len(row)] = torch.tensor(row)
         mask[r, : len(row)] = 1
+    positions = hf_position_ids(ids, spec["model_type"], pad)
+    # Real tokens sit at offset + t, whatever the model type.
+    assert bool(((positions - torch.arange(n)[None] - offset) * mask).eq(0).all())
 
-    gen = torch.Generator().manual_seed(SEED)
+    gen = torch.Generator().manual_seed(spec["seed"])
     weights = mbf.make_weights(cfg, gen)
     exact_w = mbf.round_to(weights, torch.float32)
-    ref64 = mbf.hand_forward(exact_w, cfg, ids, mask, torch.float64)
-    tor64 = mbf.torch_forward(exact_w, cfg, ids, mask, torch.float64)
+    ref64 = mbf.hand_forward(exact_w, cfg, ids, mask, torch.float64, positions)
+    tor64 = mbf.torch_forward(exact_w, cfg, ids, mask, torch.float64, positions)
     valid = mask.bool()[:, :, None]
     d64 = ((ref64 - tor64).abs() * valid).max().item()
     assert d64 < 1e-10, f"float64 forwards differ by {d64}"
-    ref32 = mbf.hand_forward(exact_w, cfg, ids, mask, torch.float32)
+    ref32 = mbf.hand_forward(exact_w, cfg, ids, mask, torch.float32, positions)
     with torch.no_grad():
-        tor32 = mbf.torch_forward(exact_w, cfg, ids, mask, torch.float32)
+        tor32 = mbf.torch_forward(exact_w, cfg, ids, mask, torch.float32, positions)
     d32 = max(((ref32.double() - ref64).abs() * valid).max().item(),
               ((tor32.double() - ref64).abs() * valid).max().item())
     assert d32 < 1e-5, f"float32 forwards differ from float64 by {d32}"
     hidden = (ref64 * valid).to(torch.float32)
     raw = {m: mbf.pool(ref64, mask, m) for m in ("cls", "mean", "max")}
-    pooled = raw["mean"] / raw["mean"].norm(dim=1, keepdim=True)
+    pooled = raw[spec["pooling"]] / raw[spec["pooling"]].norm(dim=1, keepdim=True)
 
     def dump_json(path, obj):
         with open(path, "w", encoding="utf-8") as f:
@@ -201,7 +239,7 @@ def main():
         "mask_token": {"content": "<mask>", "lstrip": True, "normalized": True,
                        "rstrip": False, "single_word": False, "__type": "AddedToken"},
     })
-    tensors = sorted((k, t.to(torch.float32)) for k, t in weights.items())
+    tensors = sorted((spec["prefix"] + k, t.to(torch.float32)) for k, t in weights.items())
     mbf.write_safetensors(os.path.join(d, "model.safetensors"), tensors, {"format": "pt"})
     dump_json(os.path.join(d, "modules.json"), [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -210,8 +248,8 @@ def main():
     ])
     os.makedirs(os.path.join(d, "1_Pooling"))
     dump_json(os.path.join(d, "1_Pooling", "config.json"), {
-        "word_embedding_dimension": h, "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": False,
+        "word_embedding_dimension": h, "pooling_mode_cls_token": spec["pooling"] == "cls",
+        "pooling_mode_mean_tokens": spec["pooling"] == "mean", "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False,
     })
     dump_json(os.path.join(d, "sentence_bert_config.json"),
@@ -227,16 +265,28 @@ def main():
     for m, t in raw.items():
         np.save(os.path.join(d, f"pooled_{m}.npy"), t.to(torch.float32).numpy())
     dump_json(os.path.join(d, "fixture.json"), {
-        "dtype": "F32", "tensor_prefix": "", "pooling": "mean", "normalize": True,
-        "sentence_transformers": True, "tokenizer": "xlm-roberta sentencepiece",
+        "dtype": "F32", "tensor_prefix": spec["prefix"], "pooling": spec["pooling"],
+        "normalize": True, "sentence_transformers": True, "model_type": spec["model_type"],
+        "tokenizer": "xlm-roberta sentencepiece", "position_offset": offset,
         "batch": b, "seq_len": n, "lengths": [len(r) for r, _ in encoded],
-        "max_length": MAX_POSITION, "seed": SEED, "sentencepiece_pieces": SPM_VOCAB,
+        "max_length": MAX_POSITION, "seed": spec["seed"], "sentencepiece_pieces": SPM_VOCAB,
         "tokenizer_ids": tokenizer_ids, "vocab_size": cfg["vocab_size"],
         "float32_vs_float64_max_abs_diff": d32,
     })
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
-    print(f"{NAME}: batch {b} x {n}, lengths {[len(r) for r, _ in encoded]}, "
+    print(f"{name}: batch {b} x {n}, lengths {[len(r) for r, _ in encoded]}, "
           f"fp32 diff {d32:.2e}, {size / 1024:.0f} KiB")
+    return model_file
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data", "bert"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = None
+    for spec in SPECS:  # the first trains the SentencePiece model, the others copy it
+        model = make_fixture(spec, args.out, model)
     return 0
 
 

@@ -119,6 +119,7 @@ DeepRankerParameters train_deep_ranker(const DeepRankerConfig& config,
   detail::DeepBackprop<float> net(config, train.threads);
   const detail::DeepLayout& layout = net.layout();
   detail::DeepTensors<float> params = detail::deep_initial_parameters(layout, train.seed);
+  detail::deep_set_output_biases(layout, config, training, params);
   detail::DeepAdam adam(train, layout);
   detail::DeepTensors<float> grads;
 

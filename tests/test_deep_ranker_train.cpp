@@ -502,6 +502,52 @@ DeepTrainConfig quick_train() {
 
 }  // namespace
 
+TEST_CASE("output biases start at the training labels' base rates (hand-computed)",
+          "[deep_train]") {
+  const DeepRankerConfig c = small_config(DeepRankerConfig::Body::mmoe);
+  DeepRankerExamples ex = random_examples(c, 3, 8, 11);
+  // ctr: 2 clicks in 7 labelled rows; cvr (joint): 1 purchase over the 2
+  // clicks of the rows labelled for both (row 7's ctr is unknown, so its
+  // purchase does not count); dwell: the mean of 2.0 and 4.0.
+  const std::vector<float> ctr{1, 0, 0, 0, 1, 0, 0, kNaN};
+  const std::vector<float> cvr{1, 0, 0, 0, 0, 0, 0, 1};
+  const std::vector<float> dwell{2.0F, kNaN, kNaN, kNaN, 4.0F, kNaN, kNaN, kNaN};
+  for (std::size_t i = 0; i < 8; ++i) {
+    ex.labels[i * 3] = ctr[i];
+    ex.labels[i * 3 + 1] = cvr[i];
+    ex.labels[i * 3 + 2] = dwell[i];
+  }
+  const funnel::detail::DeepLayout layout(c);
+  auto params = funnel::detail::deep_initial_parameters(layout, 5);
+  const auto before = params;
+  funnel::detail::deep_set_output_biases(layout, c, ex, params);
+  auto value = [&](const DeepTensors<float>& p, const std::string& name) {
+    for (std::size_t i = 0; i < layout.shapes.size(); ++i) {
+      if (layout.shapes[i].name == name) return p[i];
+    }
+    FAIL("no tensor " << name);
+    return std::vector<float>{};
+  };
+  CHECK(value(params, "tower.ctr.1.bias")[0] == Approx(std::log(0.4)).margin(1e-6));  // 2/7 : 5/7
+  CHECK(value(params, "tower.cvr.1.bias")[0] == Approx(0.0).margin(1e-6));            // 1/2
+  CHECK(value(params, "tower.dwell.1.bias")[0] == Approx(3.0).margin(1e-6));
+  // Nothing else moves.
+  std::size_t changed = 0;
+  for (std::size_t i = 0; i < params.size(); ++i) changed += params[i] != before[i] ? 1 : 0;
+  CHECK(changed == 2);  // ctr and dwell; cvr's rate of 1/2 is logit 0, its initial value
+
+  // No purchase at all: the rate is clamped (logit(1e-4)); no dwell label:
+  // the bias stays.
+  for (std::size_t i = 0; i < 8; ++i) {
+    ex.labels[i * 3 + 1] = 0.0F;
+    ex.labels[i * 3 + 2] = kNaN;
+  }
+  params = before;
+  funnel::detail::deep_set_output_biases(layout, c, ex, params);
+  CHECK(value(params, "tower.cvr.1.bias")[0] == Approx(std::log(1e-4 / (1 - 1e-4))).margin(1e-5));
+  CHECK(value(params, "tower.dwell.1.bias")[0] == 0.0F);
+}
+
 TEST_CASE("training learns a planted click signal", "[deep_train]") {
   const Shop shop = make_shop(5, 240, 12);
   // The bound: the true click probabilities' AUC on these validation labels.

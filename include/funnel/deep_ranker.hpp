@@ -411,7 +411,10 @@ struct DeepTrainReport {
 /// Trains the network with the library's own backward pass: mini-batch Adam
 /// or AdamW, weight decay, dropout, shuffling and initialisation from
 /// `train.seed` (He-uniform for ReLU layers, Xavier-uniform for the others,
-/// N(0, 0.05) embeddings, zero biases), early stopping on the mean
+/// N(0, 0.05) embeddings, zero biases except each task's output bias, which
+/// starts at its training labels' base rate: logit of the click rate, of
+/// the conversion rate given a click, the mean log dwell), early stopping
+/// on the mean
 /// validation AUC of every task (regression heads ranked long vs short),
 /// keeping the best epoch's parameters. Deterministic for a
 /// given seed and thread count.

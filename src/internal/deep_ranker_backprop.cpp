@@ -989,6 +989,45 @@ DeepTensors<float> deep_initial_parameters(const DeepLayout& layout, std::uint64
   return params;
 }
 
+void deep_set_output_biases(const DeepLayout& layout, const DeepRankerConfig& config,
+                            const DeepRankerExamples& training, DeepTensors<float>& params) {
+  const std::size_t tasks = config.tasks.size();
+  const std::size_t n = training.candidates;
+  auto logit = [](double p) {
+    p = std::clamp(p, 1e-4, 1.0 - 1e-4);
+    return static_cast<float>(std::log(p / (1.0 - p)));
+  };
+  for (std::size_t t = 0; t < tasks; ++t) {
+    const std::size_t bias = layout.tower[t].back() + 1;  // the output layer's bias
+    assert(params[bias].size() == 1);
+    const int parent = layout.parent[t];
+    double sum = 0.0;
+    double parent_sum = 0.0;
+    std::size_t count = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const float y = training.labels[i * tasks + t];
+      if (std::isnan(y)) continue;
+      if (parent >= 0) {
+        const float yp = training.labels[i * tasks + static_cast<std::size_t>(parent)];
+        if (std::isnan(yp)) continue;
+        parent_sum += yp;
+      }
+      sum += y;
+      ++count;
+    }
+    if (count == 0) continue;
+    switch (config.tasks[t].kind) {
+      case DeepTaskKind::binary: params[bias][0] = logit(sum / static_cast<double>(count)); break;
+      case DeepTaskKind::ctcvr:
+        params[bias][0] = parent_sum > 0.0 ? logit(sum / parent_sum) : logit(0.0);
+        break;
+      case DeepTaskKind::regression:
+        params[bias][0] = static_cast<float>(sum / static_cast<double>(count));
+        break;
+    }
+  }
+}
+
 DeepAdam::DeepAdam(const DeepTrainConfig& config, const DeepLayout& layout)
     : config_(config), decay_(layout.decay) {
   m_.resize(layout.shapes.size());

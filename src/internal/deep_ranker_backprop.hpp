@@ -116,6 +116,16 @@ extern template class DeepBackprop<double>;
 /// Initial parameters from a seed (see DeepInit), canonical order.
 DeepTensors<float> deep_initial_parameters(const DeepLayout& layout, std::uint64_t seed);
 
+/// Sets each task's output bias to the base rate of its training labels, so
+/// that the first steps do not spend the shared layers on learning offsets
+/// (a regression head on log-seconds starts about 4 away from its labels):
+/// binary: logit of the mean label; ctcvr: logit of mean(joint) /
+/// mean(parent label) over the rows labelled for both (the conditional
+/// rate); regression: the mean label. Rates are clamped to [1e-4, 1 - 1e-4];
+/// a task without labelled rows keeps its bias.
+void deep_set_output_biases(const DeepLayout& layout, const DeepRankerConfig& config,
+                            const DeepRankerExamples& training, DeepTensors<float>& params);
+
 /// Adam (L2 weight decay added to the gradient) or AdamW (decoupled decay),
 /// with PyTorch's update order; decay applies to the tensors layout.decay marks.
 class DeepAdam {

@@ -634,6 +634,42 @@ def init_parameters(model, seed):
                 p.uniform_(-bound, bound, generator=g)
 
 
+def set_output_biases(model, labels):
+    """Each task's output bias at the base rate of its training labels, as
+    funnel's trainer does (deep_set_output_biases): binary: logit of the mean
+    label; ctcvr: logit of sum(joint) / sum(parent label) over the rows
+    labelled for both; regression: the mean label. Rates clamped to
+    [1e-4, 1 - 1e-4]; a task without labelled rows keeps its bias.
+    labels: [n, tasks] with NaN for no label."""
+    cfg = model.cfg
+    index = {t["name"]: i for i, t in enumerate(cfg["tasks"])}
+    y = torch.as_tensor(labels, dtype=torch.float64)
+    n_tower_hidden = len(cfg["tower_hidden"])
+    params = dict(model.funnel_parameters())
+
+    def logit(p):
+        p = min(max(p, 1e-4), 1.0 - 1e-4)
+        return math.log(p / (1.0 - p))
+
+    with torch.no_grad():
+        for t, task in enumerate(cfg["tasks"]):
+            keep = ~torch.isnan(y[:, t])
+            if task["kind"] == "ctcvr":
+                parent = y[:, index[task["parent"]]]
+                keep &= ~torch.isnan(parent)
+            if int(keep.sum()) == 0:
+                continue
+            total = float(y[keep, t].sum())
+            if task["kind"] == "binary":
+                value = logit(total / int(keep.sum()))
+            elif task["kind"] == "ctcvr":
+                parent_total = float(parent[keep].sum())
+                value = logit(total / parent_total) if parent_total > 0 else logit(0.0)
+            else:
+                value = total / int(keep.sum())
+            params["tower.%s.%d.bias" % (task["name"], n_tower_hidden)].fill_(value)
+
+
 # ---------------------------------------------------------------------------
 # Model directory and examples files
 

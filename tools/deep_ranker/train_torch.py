@@ -18,7 +18,8 @@ Training follows funnel's own trainer (train_deep_ranker, DeepTrainConfig):
   * loss: deep_ranker.py's (sum over tasks of loss_weight x mean row loss over
     labelled rows; regression = mean of (o - y)^2);
   * initialisation: He-uniform for ReLU layers, Xavier-uniform otherwise,
-    N(0, 0.05) embeddings, zero biases, from --seed;
+    N(0, 0.05) embeddings, zero biases, from --seed; then each task's output
+    bias at its training labels' base rate (deep_ranker.set_output_biases);
   * Adam with L2 weight decay added to the gradient of every weight matrix and
     embedding (not biases), or AdamW with decoupled decay (p -= lr * wd * p)
     of the same tensors;
@@ -179,6 +180,7 @@ def train(rank, world, args):
 
     model = dr.DeepRanker(cfg, torch.float32)
     dr.init_parameters(model, args.seed)
+    dr.set_output_biases(model, train_ex["labels"])
     net = model
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(model)

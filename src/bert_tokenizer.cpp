@@ -15,6 +15,7 @@
 #include "funnel/error.hpp"
 #include "internal/atomic_file.hpp"
 #include "internal/error_util.hpp"
+#include "internal/tokenizer_config.hpp"
 #include "internal/utf8.hpp"
 
 namespace funnel {
@@ -650,15 +651,7 @@ bool read_bool(const nlohmann::json& root, const char* key, const std::string& f
 
 void read_tokenizer_config(const std::filesystem::path& path, BertTokenizerConfig& config) {
   const std::string file = path.string();
-  nlohmann::json root;
-  try {
-    root = nlohmann::json::parse(detail::read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    detail::fail(ErrorCode::format, file, ": not valid JSON: ", e.what());
-  }
-  if (!root.is_object())
-    detail::fail(ErrorCode::format, file, ": expected a JSON object at the top level, got ",
-                 root.type_name());
+  const nlohmann::json root = detail::read_tokenizer_config_json(path);
   if (!read_bool(root, "do_basic_tokenize", file, true))
     detail::fail(ErrorCode::unsupported, file,
                  ": do_basic_tokenize = false (WordPiece without basic tokenization) is not "
@@ -672,16 +665,7 @@ void read_tokenizer_config(const std::filesystem::path& path, BertTokenizerConfi
                    ": key 'strip_accents' must be true, false or null, got ", it->dump());
     config.strip_accents = it->get<bool>();
   }
-  if (const auto it = root.find("model_max_length"); it != root.end() && !it->is_null()) {
-    // Checkpoints without a limit store int(1e30), which JSON parsers read
-    // as a floating-point number.
-    if (!it->is_number() || it->get<double>() < 2.0)
-      detail::fail(ErrorCode::format, file, ": key 'model_max_length' must be a number >= 2, got ",
-                   it->dump());
-    const double limit = it->get<double>();
-    if (limit < static_cast<double>(config.max_length))
-      config.max_length = static_cast<std::size_t>(limit);
-  }
+  detail::apply_model_max_length(root, file, config.max_length);
   read_special_token(root, "unk_token", file, config.unk_token);
   read_special_token(root, "cls_token", file, config.cls_token);
   read_special_token(root, "sep_token", file, config.sep_token);

@@ -14,6 +14,7 @@
 #include "funnel/error.hpp"
 #include "internal/atomic_file.hpp"
 #include "internal/error_util.hpp"
+#include "internal/tokenizer_config.hpp"
 #include "internal/utf8.hpp"
 
 namespace funnel {
@@ -87,15 +88,7 @@ namespace {
 
 void read_tokenizer_config(const std::filesystem::path& path, std::size_t& max_length) {
   const std::string file = path.string();
-  nlohmann::json root;
-  try {
-    root = nlohmann::json::parse(detail::read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    detail::fail(ErrorCode::format, file, ": not valid JSON: ", e.what());
-  }
-  if (!root.is_object())
-    detail::fail(ErrorCode::format, file, ": expected a JSON object at the top level, got ",
-                 root.type_name());
+  const nlohmann::json root = detail::read_tokenizer_config_json(path);
   if (const auto it = root.find("tokenizer_class"); it != root.end() && !it->is_null()) {
     if (!it->is_string())
       detail::fail(ErrorCode::format, file, ": key 'tokenizer_class' must be a string, got ",
@@ -106,14 +99,7 @@ void read_tokenizer_config(const std::filesystem::path& path, std::size_t& max_l
                    "' with sentencepiece.bpe.model; funnel reads XLMRobertaTokenizer's "
                    "(multilingual-e5, Multilingual-MiniLM)");
   }
-  if (const auto it = root.find("model_max_length"); it != root.end() && !it->is_null()) {
-    // Checkpoints without a limit store int(1e30), a floating-point number.
-    if (!it->is_number() || it->get<double>() < 2.0)
-      detail::fail(ErrorCode::format, file, ": key 'model_max_length' must be a number >= 2, got ",
-                   it->dump());
-    const double limit = it->get<double>();
-    if (limit < static_cast<double>(max_length)) max_length = static_cast<std::size_t>(limit);
-  }
+  detail::apply_model_max_length(root, file, max_length);
 }
 
 }  // namespace

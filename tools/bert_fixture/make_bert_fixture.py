@@ -390,6 +390,52 @@ def pool(hidden, mask, mode):
     raise ValueError(mode)
 
 
+def dump_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def write_sentence_transformers(d, hidden, pooling, normalize):
+    """modules.json (Transformer, Pooling, optional Normalize), the pooling
+    config and sentence_bert_config.json, as sentence-transformers saves them."""
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+    dump_json(os.path.join(d, "modules.json"), modules)
+    os.makedirs(os.path.join(d, "1_Pooling"))
+    dump_json(os.path.join(d, "1_Pooling", "config.json"), {
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": pooling == "max",
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    })
+    dump_json(os.path.join(d, "sentence_bert_config.json"),
+              {"max_seq_length": MAX_POSITION, "do_lower_case": False})
+
+
+def write_references(d, texts, token_lines, ids, mask, hidden, pooled, raw):
+    """inputs.txt, tokens.txt and the .npy files the tests compare against."""
+    b, n = ids.shape
+    with open(os.path.join(d, "inputs.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(t + "\n" for t in texts))
+    with open(os.path.join(d, "tokens.txt"), "w", encoding="utf-8") as f:
+        f.write("".join(" ".join(toks) + "\n" for toks in token_lines))
+    np.save(os.path.join(d, "ids.npy"), ids.numpy().astype(np.int64))
+    np.save(os.path.join(d, "mask.npy"), mask.numpy().astype(np.int64))
+    # 2-D (batch * seq_len) x hidden, the same bytes as batch x seq_len x hidden in
+    # C order, because funnel's .npy reader takes 1-D and 2-D arrays only.
+    np.save(os.path.join(d, "last_hidden_state.npy"), hidden.reshape(b * n, hidden.shape[-1]).numpy())
+    np.save(os.path.join(d, "pooled.npy"), pooled.to(torch.float32).numpy())
+    for m, t in raw.items():
+        np.save(os.path.join(d, f"pooled_{m}.npy"), t.to(torch.float32).numpy())
+
+
 FIXTURES = [
     {
         # F32, HF BertModel naming ("bert." prefix, pooler kept), uncased with
@@ -537,11 +583,6 @@ def make_fixture(spec, out_root):
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
 
-    def dump_json(path, obj):
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-
     dump_json(os.path.join(d, "config.json"), cfg)
     with open(os.path.join(d, "vocab.txt"), "w", encoding="utf-8") as f:
         f.write("".join(t + "\n" for t in vocab))
@@ -567,37 +608,8 @@ def make_fixture(spec, out_root):
     write_safetensors(os.path.join(d, "model.safetensors"), tensors, {"format": "pt"})
 
     if spec["sentence_transformers"]:
-        modules = [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ]
-        if spec["normalize"]:
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
-                            "type": "sentence_transformers.models.Normalize"})
-        dump_json(os.path.join(d, "modules.json"), modules)
-        os.makedirs(os.path.join(d, "1_Pooling"))
-        dump_json(os.path.join(d, "1_Pooling", "config.json"), {
-            "word_embedding_dimension": h,
-            "pooling_mode_cls_token": spec["pooling"] == "cls",
-            "pooling_mode_mean_tokens": spec["pooling"] == "mean",
-            "pooling_mode_max_tokens": spec["pooling"] == "max",
-            "pooling_mode_mean_sqrt_len_tokens": False,
-        })
-        dump_json(os.path.join(d, "sentence_bert_config.json"),
-                  {"max_seq_length": MAX_POSITION, "do_lower_case": False})
-
-    with open(os.path.join(d, "inputs.txt"), "w", encoding="utf-8") as f:
-        f.write("".join(t + "\n" for t in texts))
-    with open(os.path.join(d, "tokens.txt"), "w", encoding="utf-8") as f:
-        f.write("".join(" ".join(toks) + "\n" for toks, _ in encoded))
-    np.save(os.path.join(d, "ids.npy"), ids.numpy().astype(np.int64))
-    np.save(os.path.join(d, "mask.npy"), mask.numpy().astype(np.int64))
-    # 2-D (batch * seq_len) x hidden, the same bytes as batch x seq_len x hidden in
-    # C order, because funnel's .npy reader takes 1-D and 2-D arrays only.
-    np.save(os.path.join(d, "last_hidden_state.npy"), hidden.reshape(b * n, h).numpy())
-    np.save(os.path.join(d, "pooled.npy"), pooled.to(torch.float32).numpy())
-    for m, t in raw.items():
-        np.save(os.path.join(d, f"pooled_{m}.npy"), t.to(torch.float32).numpy())
+        write_sentence_transformers(d, h, spec["pooling"], spec["normalize"])
+    write_references(d, texts, [toks for toks, _ in encoded], ids, mask, hidden, pooled, raw)
     dump_json(os.path.join(d, "fixture.json"), {
         "dtype": _ST_DTYPES[spec["dtype"]],
         "tensor_prefix": spec["prefix"],

@@ -32,12 +32,10 @@ Run with Debian's python (torch 1.13, numpy, sentencepiece 0.1.97), CPU only:
 
 import argparse
 import io
-import json
 import os
 import shutil
 import sys
 
-import numpy as np
 import sentencepiece as spm
 import torch
 
@@ -225,13 +223,8 @@ def make_fixture(spec, out_root, model_src=None):
     raw = {m: mbf.pool(ref64, mask, m) for m in ("cls", "mean", "max")}
     pooled = raw[spec["pooling"]] / raw[spec["pooling"]].norm(dim=1, keepdim=True)
 
-    def dump_json(path, obj):
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-
-    dump_json(os.path.join(d, "config.json"), cfg)
-    dump_json(os.path.join(d, "tokenizer_config.json"), {
+    mbf.dump_json(os.path.join(d, "config.json"), cfg)
+    mbf.dump_json(os.path.join(d, "tokenizer_config.json"), {
         "tokenizer_class": "XLMRobertaTokenizer",
         "model_max_length": MAX_POSITION,
         "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
@@ -241,30 +234,9 @@ def make_fixture(spec, out_root, model_src=None):
     })
     tensors = sorted((spec["prefix"] + k, t.to(torch.float32)) for k, t in weights.items())
     mbf.write_safetensors(os.path.join(d, "model.safetensors"), tensors, {"format": "pt"})
-    dump_json(os.path.join(d, "modules.json"), [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ])
-    os.makedirs(os.path.join(d, "1_Pooling"))
-    dump_json(os.path.join(d, "1_Pooling", "config.json"), {
-        "word_embedding_dimension": h, "pooling_mode_cls_token": spec["pooling"] == "cls",
-        "pooling_mode_mean_tokens": spec["pooling"] == "mean", "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False,
-    })
-    dump_json(os.path.join(d, "sentence_bert_config.json"),
-              {"max_seq_length": MAX_POSITION, "do_lower_case": False})
-    with open(os.path.join(d, "inputs.txt"), "w", encoding="utf-8") as f:
-        f.write("".join(t + "\n" for t in texts))
-    with open(os.path.join(d, "tokens.txt"), "w", encoding="utf-8") as f:
-        f.write("".join(" ".join(p) + "\n" for _, p in encoded))
-    np.save(os.path.join(d, "ids.npy"), ids.numpy().astype(np.int64))
-    np.save(os.path.join(d, "mask.npy"), mask.numpy().astype(np.int64))
-    np.save(os.path.join(d, "last_hidden_state.npy"), hidden.reshape(b * n, h).numpy())
-    np.save(os.path.join(d, "pooled.npy"), pooled.to(torch.float32).numpy())
-    for m, t in raw.items():
-        np.save(os.path.join(d, f"pooled_{m}.npy"), t.to(torch.float32).numpy())
-    dump_json(os.path.join(d, "fixture.json"), {
+    mbf.write_sentence_transformers(d, h, spec["pooling"], normalize=True)
+    mbf.write_references(d, texts, [p for _, p in encoded], ids, mask, hidden, pooled, raw)
+    mbf.dump_json(os.path.join(d, "fixture.json"), {
         "dtype": "F32", "tensor_prefix": spec["prefix"], "pooling": spec["pooling"],
         "normalize": True, "sentence_transformers": True, "model_type": spec["model_type"],
         "tokenizer": "xlm-roberta sentencepiece", "position_offset": offset,

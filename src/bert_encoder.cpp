@@ -1232,7 +1232,7 @@ std::size_t BertEncoder::dim() const { return impl_->info.hidden; }
 
 std::string BertEncoder::name() const {
   const auto& i = impl_->info;
-  return detail::cat("bert(layers=", i.layers, ",hidden=", i.hidden, ",heads=", i.heads,
+  return detail::cat(i.model_type, "(layers=", i.layers, ",hidden=", i.hidden, ",heads=", i.heads,
                      ",compute=", to_string(i.compute), ",pooling=", to_string(i.pooling), ")");
 }
 

@@ -691,6 +691,7 @@ TEST_CASE("BertEncoder: an XLM-RoBERTa network (multilingual-e5-base, bge-m3's l
   CHECK(info.max_positions == 66);
   CHECK(info.max_length == 64);
   CHECK(enc.tokenizer().kind() == "sentencepiece");
+  CHECK(enc.name() == "xlm-roberta(layers=2,hidden=32,heads=4,compute=fp32,pooling=cls)");
   CHECK(BertEncoder(config_for(fixture_dir("tiny_f32_cls"))).info().position_offset == 0);
 
   // 64 tokens fit, 65 do not: the first two rows of the table are not positions.

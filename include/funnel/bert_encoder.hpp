@@ -226,7 +226,8 @@ class BertEncoder final : public Encoder {
   /// Hidden size of the checkpoint.
   [[nodiscard]] std::size_t dim() const override;
 
-  /// E.g. "bert(layers=6,hidden=384,heads=12,compute=bf16,pooling=mean)".
+  /// E.g. "bert(layers=6,hidden=384,heads=12,compute=bf16,pooling=mean)"; the
+  /// model type first ("xlm-roberta(...)" for XLM-RoBERTa networks).
   [[nodiscard]] std::string name() const override;
 
   /// Encodes texts (see Encoder::encode): prefix by role, tokenise, run the

@@ -101,8 +101,9 @@ struct BertEncoderConfig {
   std::size_t threads = 1;
   /// Largest number of tokens per text, [CLS] and [SEP] included, >= 2. The
   /// effective limit is also capped by the checkpoint (config.json's
-  /// max_position_embeddings, tokenizer_config.json's model_max_length and
-  /// sentence_bert_config.json's max_seq_length); longer texts are truncated.
+  /// max_position_embeddings, less the position offset of XLM-RoBERTa,
+  /// tokenizer_config.json's model_max_length and sentence_bert_config.json's
+  /// max_seq_length); longer texts are truncated.
   std::size_t max_length = 512;
   /// Most texts run through the transformer together, >= 1. Bigger batches
   /// amortise weight traffic; each batch holds about

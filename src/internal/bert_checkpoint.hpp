@@ -15,8 +15,8 @@
 #include <nlohmann/json.hpp>
 
 #include "funnel/bert_encoder.hpp"
-#include "internal/atomic_file.hpp"
 #include "internal/error_util.hpp"
+#include "internal/json_file.hpp"
 
 namespace funnel::detail::bert {
 
@@ -37,16 +37,6 @@ struct ArchConfig {
   std::string model_type = "bert";  ///< "bert" or "xlm-roberta"
 };
 
-/// Parses a JSON file; Error(format) naming the file when it is not JSON.
-inline nlohmann::json read_json(const std::filesystem::path& file) {
-  const std::string text = read_file(file);
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    fail(ErrorCode::format, file.string(), ": not valid JSON: ", e.what());
-  }
-}
-
 /// A positive integer field, or `fallback` when the field is absent and a
 /// fallback is given.
 inline std::size_t positive_field(const nlohmann::json& j, const char* key,
@@ -66,7 +56,7 @@ inline std::size_t positive_field(const nlohmann::json& j, const char* key,
 
 /// Reads and checks config.json.
 inline ArchConfig parse_config_json(const std::filesystem::path& file) {
-  const nlohmann::json j = read_json(file);
+  const nlohmann::json j = read_json_file(file);
   if (!j.is_object()) fail(ErrorCode::format, file.string(), ": expected a JSON object");
   auto string_field = [&](const char* key) -> std::optional<std::string> {
     const auto it = j.find(key);
@@ -160,7 +150,7 @@ inline SentenceTransformersConfig parse_sentence_transformers(const std::filesys
   SentenceTransformersConfig st;
   const auto modules_file = dir / "modules.json";
   if (std::filesystem::exists(modules_file)) {
-    const nlohmann::json modules = read_json(modules_file);
+    const nlohmann::json modules = read_json_file(modules_file);
     if (!modules.is_array()) {
       fail(ErrorCode::format, modules_file.string(), ": expected a JSON array of modules");
     }
@@ -192,7 +182,7 @@ inline SentenceTransformersConfig parse_sentence_transformers(const std::filesys
         st.transformer_dir = path;
       } else if (kind == "Pooling") {
         const auto pooling_file = dir / path / "config.json";
-        const nlohmann::json p = read_json(pooling_file);
+        const nlohmann::json p = read_json_file(pooling_file);
         if (!p.is_object()) fail(ErrorCode::format, pooling_file.string(), ": expected an object");
         auto flag = [&](const char* key) {
           const auto it = p.find(key);
@@ -244,7 +234,7 @@ inline SentenceTransformersConfig parse_sentence_transformers(const std::filesys
   }
   const auto sbert_file = dir / "sentence_bert_config.json";
   if (std::filesystem::exists(sbert_file)) {
-    const nlohmann::json s = read_json(sbert_file);
+    const nlohmann::json s = read_json_file(sbert_file);
     if (!s.is_object()) fail(ErrorCode::format, sbert_file.string(), ": expected an object");
     if (s.contains("max_seq_length") && !s["max_seq_length"].is_null()) {
       st.max_seq_length = positive_field(s, "max_seq_length", sbert_file);

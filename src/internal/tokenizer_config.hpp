@@ -12,23 +12,17 @@
 #include <nlohmann/json.hpp>
 
 #include "funnel/error.hpp"
-#include "internal/atomic_file.hpp"
 #include "internal/error_util.hpp"
+#include "internal/json_file.hpp"
 
 namespace funnel::detail {
 
 /// Parses the file; Error(format) naming it when it is not JSON or not an
 /// object.
 inline nlohmann::json read_tokenizer_config_json(const std::filesystem::path& path) {
-  const std::string file = path.string();
-  nlohmann::json root;
-  try {
-    root = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    fail(ErrorCode::format, file, ": not valid JSON: ", e.what());
-  }
+  nlohmann::json root = read_json_file(path);
   if (!root.is_object())
-    fail(ErrorCode::format, file, ": expected a JSON object at the top level, got ",
+    fail(ErrorCode::format, path.string(), ": expected a JSON object at the top level, got ",
          root.type_name());
   return root;
 }

@@ -273,10 +273,16 @@ bool BertEncoder::cpu_supports(BertComputeType type) noexcept {
 
 namespace {
 
-// ", less the offset N" for XLM-RoBERTa's position ids, else "".
-std::string position_note(const BertModelInfo& i) {
-  return i.position_offset == 0 ? std::string()
-                                : detail::cat(" less XLM-RoBERTa's offset ", i.position_offset);
+// Tokens a sequence may have: the position table's rows from the offset on.
+std::size_t usable_positions(const BertModelInfo& i) { return i.max_positions - i.position_offset; }
+
+// "N positions (max_position_embeddings M[ less XLM-RoBERTa's offset K])".
+std::string positions_text(const BertModelInfo& i) {
+  return detail::cat(usable_positions(i), " positions (max_position_embeddings ", i.max_positions,
+                     i.position_offset == 0
+                         ? std::string()
+                         : detail::cat(" less XLM-RoBERTa's offset ", i.position_offset),
+                     ")");
 }
 
 }  // namespace
@@ -381,7 +387,7 @@ void BertEncoder::Impl::load() {
   info.pooling = config.pooling != BertPooling::checkpoint ? config.pooling
                                                            : st.pooling.value_or(BertPooling::mean);
 
-  std::size_t max_length = std::min(config.max_length, arch.max_positions - arch.position_offset);
+  std::size_t max_length = std::min(config.max_length, usable_positions(info));
   if (st.max_seq_length) max_length = std::min(max_length, *st.max_seq_length);
   const std::size_t limit = std::max<std::size_t>(max_length, 2);
   std::error_code ec;
@@ -1290,10 +1296,8 @@ BertForwardResult BertEncoder::forward(std::span<const std::vector<std::int32_t>
   for (std::size_t r = 0; r < sequences.size(); ++r) {
     const auto& s = sequences[r];
     detail::require(!s.empty(), "BertEncoder::forward: sequence ", r, " is empty");
-    detail::require(s.size() <= i.max_positions - i.position_offset,
-                    "BertEncoder::forward: sequence ", r, " has ", s.size(),
-                    " tokens, more than the model's ", i.max_positions - i.position_offset,
-                    " positions (max_position_embeddings ", i.max_positions, position_note(i), ")");
+    detail::require(s.size() <= usable_positions(i), "BertEncoder::forward: sequence ", r, " has ",
+                    s.size(), " tokens, more than the model's ", positions_text(i));
     for (std::size_t t = 0; t < s.size(); ++t) {
       detail::require(s[t] >= 0 && static_cast<std::size_t>(s[t]) < i.vocab_size,
                       "BertEncoder::forward: sequence ", r, " token ", t, " has id ", s[t],
@@ -1313,9 +1317,8 @@ BertForwardResult BertEncoder::forward(MatrixView<const std::int64_t> ids,
   detail::require(ids.rows == mask.rows && ids.cols == mask.cols, "BertEncoder::forward: ids is ",
                   ids.rows, " x ", ids.cols, " but mask is ", mask.rows, " x ", mask.cols);
   const auto& i = impl_->info;
-  detail::require(ids.cols <= i.max_positions - i.position_offset, "BertEncoder::forward: seq_len ",
-                  ids.cols, " exceeds the model's ", i.max_positions - i.position_offset,
-                  " positions (max_position_embeddings ", i.max_positions, position_note(i), ")");
+  detail::require(ids.cols <= usable_positions(i), "BertEncoder::forward: seq_len ", ids.cols,
+                  " exceeds the model's ", positions_text(i));
   std::vector<std::vector<std::int32_t>> seqs(ids.rows);
   for (std::size_t r = 0; r < ids.rows; ++r) {
     std::size_t len = 0;

@@ -38,9 +38,11 @@ struct SentencePieceTokenizer::Impl {
     return sp.IsUnknown(piece) ? kUnkId : static_cast<std::int32_t>(piece) + 1;
   }
 
-  void pieces_of(std::string_view text, std::vector<int>& ids) const {
-    ids.clear();
-    const auto status = sp.Encode(text, &ids);
+  // Encodes into ids (SentencePiece ids) or pieces (strings).
+  template <class Out>
+  void encode(std::string_view text, std::vector<Out>& out) const {
+    out.clear();
+    const auto status = sp.Encode(text, &out);
     if (!status.ok()) {
       // SentencePiece fails only on a broken model, which load() rules out.
       detail::fail(ErrorCode::internal, "SentencePieceTokenizer: ", file,
@@ -120,7 +122,7 @@ std::vector<std::int32_t> SentencePieceTokenizer::encode(std::string_view text,
     detail::fail(ErrorCode::invalid_argument, "SentencePieceTokenizer: text ", text_index,
                  ": invalid UTF-8 at byte ", *bad);
   thread_local std::vector<int> pieces;
-  impl_->pieces_of(text, pieces);
+  impl_->encode(text, pieces);
   const std::size_t take = std::min(pieces.size(), impl_->max_length - 2);
   std::vector<std::int32_t> ids;
   ids.reserve(take + 2);
@@ -135,11 +137,7 @@ std::vector<std::string> SentencePieceTokenizer::tokenize(std::string_view text)
     detail::fail(ErrorCode::invalid_argument, "SentencePieceTokenizer: invalid UTF-8 at byte ",
                  *bad);
   std::vector<std::string> out;
-  const auto status = impl_->sp.Encode(text, &out);
-  if (!status.ok()) {
-    detail::fail(ErrorCode::internal, "SentencePieceTokenizer: ", impl_->file,
-                 ": SentencePiece could not encode a text: ", status.ToString());
-  }
+  impl_->encode(text, out);
   return out;
 }
 

@@ -38,6 +38,7 @@ using funnel::Error;
 using funnel::ErrorCode;
 using funnel::Matrix;
 using funnel::TextRole;
+using funnel::testing::error_of;
 
 namespace {
 
@@ -162,18 +163,6 @@ void edit_json(const fs::path& file, const std::function<void(nlohmann::json&)>&
   auto j = nlohmann::json::parse(funnel::testing::read_bytes(file));
   edit(j);
   funnel::testing::write_bytes(file, j.dump(2));
-}
-
-// Runs `make` and returns the Error it throws (fails the test when none).
-template <class F>
-Error error_of(F&& make) {
-  try {
-    make();
-  } catch (const Error& e) {
-    return e;
-  }
-  FAIL("no funnel::Error thrown");
-  return Error(ErrorCode::internal, "unreachable");
 }
 
 }  // namespace

@@ -22,21 +22,11 @@ namespace fs = std::filesystem;
 using funnel::Error;
 using funnel::ErrorCode;
 using funnel::SentencePieceTokenizer;
+using funnel::testing::error_of;
 
 namespace {
 
 fs::path fixture_dir() { return fs::path(FUNNEL_TEST_DATA_DIR) / "bert" / "tiny_spm_mean_st"; }
-
-template <class F>
-Error error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  FAIL("no funnel::Error thrown");
-  return Error(ErrorCode::internal, "unreachable");
-}
 
 // SentencePiece ids (Python: sp.piece_to_id) of pieces of the fixture's model.
 constexpr std::int32_t kSpShoes = 12;    // "▁shoes"

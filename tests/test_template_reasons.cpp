@@ -39,6 +39,7 @@ using funnel::TemplateReasonConfig;
 using funnel::TemplateReasonGenerator;
 using funnel::UserContext;
 using funnel::UserProfile;
+using funnel::testing::error_of;
 
 constexpr std::int64_t kDay = 86400;
 constexpr std::int64_t kNow = 1'700'000'000;
@@ -131,17 +132,6 @@ const Evidence* find_kind(const std::vector<Evidence>& list, EvidenceKind kind) 
 
 bool has_kind(const std::vector<Evidence>& list, EvidenceKind kind) {
   return find_kind(list, kind) != nullptr;
-}
-
-template <class F>
-Error error_from(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  FAIL("expected a funnel::Error");
-  throw std::logic_error("unreachable");
 }
 
 bool contains(const std::string& text, std::string_view part) {
@@ -657,7 +647,7 @@ TEST_CASE("locale resolution: exact, language prefix, then fallback", "[reasons]
   CHECK(zh_fallback.resolve_locale("en-US") == "en");
 
   config.fallback_locale = "de";
-  const Error e = error_from([&] { TemplateReasonGenerator bad(catalog, nullptr, config); });
+  const Error e = error_of([&] { TemplateReasonGenerator bad(catalog, nullptr, config); });
   CHECK(e.code() == ErrorCode::invalid_argument);
   CHECK(contains(e.what(), "fallback_locale"));
   CHECK(contains(e.what(), "'de'"));
@@ -757,7 +747,7 @@ TEST_CASE("malformed template files are format errors naming file, locale and ke
     funnel::testing::write_bytes(path, bytes);
     TemplateReasonConfig config;
     config.templates = path;
-    return error_from([&] { TemplateReasonGenerator gen(catalog, nullptr, config); });
+    return error_of([&] { TemplateReasonGenerator gen(catalog, nullptr, config); });
   };
   const auto expect = [&](const Error& e, std::initializer_list<std::string_view> parts) {
     CAPTURE(e.what());
@@ -795,7 +785,7 @@ TEST_CASE("malformed template files are format errors naming file, locale and ke
   CHECK_NOTHROW(TemplateReasonGenerator(catalog, nullptr, config));
 
   config.templates = dir / "missing.json";
-  const Error io = error_from([&] { TemplateReasonGenerator gen(catalog, nullptr, config); });
+  const Error io = error_of([&] { TemplateReasonGenerator gen(catalog, nullptr, config); });
   CHECK(io.code() == ErrorCode::io);
   CHECK(contains(io.what(), "missing.json"));
 }
@@ -879,12 +869,12 @@ TEST_CASE("bad arguments are clear errors", "[reasons]") {
   const auto user = make_user({});
 
   std::vector<Reason> out(1);
-  auto e = error_from([&] { gen.explain(user, inputs({1, 2}), out); });
+  auto e = error_of([&] { gen.explain(user, inputs({1, 2}), out); });
   CHECK(e.code() == ErrorCode::invalid_argument);
   CHECK(contains(e.what(), "out has 1"));
 
   out.resize(2);
-  e = error_from([&] { gen.explain(user, inputs({1, 999}), out); });
+  e = error_of([&] { gen.explain(user, inputs({1, 999}), out); });
   CHECK(e.code() == ErrorCode::invalid_argument);
   CHECK(contains(e.what(), "999"));
   CHECK(contains(e.what(), "items[1]"));
@@ -896,35 +886,35 @@ TEST_CASE("bad arguments are clear errors", "[reasons]") {
   in[0].objective_names = names;
   in[0].objective_scores = one;
   out.resize(1);
-  e = error_from([&] { gen.explain(user, in, out); });
+  e = error_of([&] { gen.explain(user, in, out); });
   CHECK(e.code() == ErrorCode::invalid_argument);
   CHECK(contains(e.what(), "2 objective names but 1 scores"));
 
   const std::array<float, 2> nan = {0.5F, std::numeric_limits<float>::quiet_NaN()};
   in[0].objective_scores = nan;
-  e = error_from([&] { gen.explain(user, in, out); });
+  e = error_of([&] { gen.explain(user, in, out); });
   CHECK(contains(e.what(), "'cvr'"));
   CHECK(contains(e.what(), "not finite"));
 
-  e = error_from([&] { TemplateReasonGenerator g(nullptr, nullptr); });
+  e = error_of([&] { TemplateReasonGenerator g(nullptr, nullptr); });
   CHECK(e.code() == ErrorCode::invalid_argument);
   CHECK(contains(e.what(), "catalog"));
 
   TemplateReasonConfig config;
   config.min_category_share = 1.5;
-  e = error_from([&] { TemplateReasonGenerator g(catalog, nullptr, config); });
+  e = error_of([&] { TemplateReasonGenerator g(catalog, nullptr, config); });
   CHECK(contains(e.what(), "min_category_share"));
   config = {};
   config.max_location_rank = 0;
-  e = error_from([&] { TemplateReasonGenerator g(catalog, nullptr, config); });
+  e = error_of([&] { TemplateReasonGenerator g(catalog, nullptr, config); });
   CHECK(contains(e.what(), "max_location_rank"));
   config = {};
   config.max_title_chars = 1;
-  e = error_from([&] { TemplateReasonGenerator g(catalog, nullptr, config); });
+  e = error_of([&] { TemplateReasonGenerator g(catalog, nullptr, config); });
   CHECK(contains(e.what(), "max_title_chars"));
   config = {};
   config.history.half_life_s = 0.0;
-  e = error_from([&] { TemplateReasonGenerator g(catalog, nullptr, config); });
+  e = error_of([&] { TemplateReasonGenerator g(catalog, nullptr, config); });
   CHECK(contains(e.what(), "half_life_s"));
 
   // An empty batch is fine.

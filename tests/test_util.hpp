@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-// Small helpers shared by the tests: a self-deleting temporary directory and
-// file writing.
+// Small helpers shared by the tests: a self-deleting temporary directory,
+// file writing, and catching the funnel::Error a call throws.
 
 #include <unistd.h>
 
@@ -12,6 +12,10 @@
 #include <random>
 #include <string>
 #include <string_view>
+
+#include <catch2/catch.hpp>
+
+#include "funnel/error.hpp"
 
 namespace funnel::testing {
 
@@ -58,6 +62,19 @@ inline std::size_t count_entries(const std::filesystem::path& dir) {
   std::size_t n = 0;
   for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(dir)) ++n;
   return n;
+}
+
+/// Runs `f` and returns the funnel::Error it throws (fails the test when it
+/// throws none).
+template <class F>
+Error error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e;
+  }
+  FAIL("no funnel::Error thrown");
+  return Error(ErrorCode::internal, "unreachable");
 }
 
 }  // namespace funnel::testing

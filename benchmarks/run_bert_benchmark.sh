@@ -162,10 +162,12 @@ for model in ${models//,/ }; do
   "$python" "$root/benchmarks/bert/interleave.py" --rows $(( ${#shape_list[@]} * ${#thread_list[@]} )) \
     "${burst_opts[@]}" --bursts-out "$results_dir/bursts.jsonl" --tag "$model" "${procs[@]}"
   if [[ $run_torch == 1 ]]; then
-    for impl in hf nn; do
-      step "$model: PyTorch fp32 ($impl)"
-      "$python" -W ignore "$root/benchmarks/bert/bench_torch.py" --model "$model" --impl "$impl" \
-        "${common[@]}" "${torch_timing[@]}"
+    # Each compute type funnel has, as PyTorch runs it (bench_torch.py's doc);
+    # int8 in the eager model only (the nn fast path takes no quantized layers).
+    for run in fp32:hf fp32:nn bf16:hf bf16:nn int8:hf; do
+      step "$model: PyTorch ${run%%:*} (${run##*:})"
+      "$python" -W ignore "$root/benchmarks/bert/bench_torch.py" --model "$model" \
+        --dtype "${run%%:*}" --impl "${run##*:}" "${common[@]}" "${torch_timing[@]}"
     done
   fi
 done
@@ -246,17 +248,20 @@ MODEL_NAMES = {"minilm-l6": "MiniLM-L6 (6 x 384, 12 heads, FFN 1536)",
                "bert-base": "BERT-base (12 x 768, 12 heads, FFN 3072)"}
 # target name, numerator, denominator, minimum ratio, accuracy field and bound
 TARGETS = [
-    ("fp32 >= 1.0x ORT", "funnel fp32", "ort", 1.0, None, None),
-    ("bf16 >= 1.6x ORT fp32", "funnel bf16", "ort", 1.6, "mean_cosine", 0.999),
-    ("int8 >= 2x ORT fp32", "funnel int8", "ort", 2.0, "mean_cosine", 0.99),
-    ("fp32 >= 2x PyTorch", "funnel fp32", "torch", 2.0, None, None),
+    ("fp32 >= 1.0x ORT", "funnel fp32", "ort fp32", 1.0, None, None),
+    ("bf16 >= 1.6x ORT fp32", "funnel bf16", "ort fp32", 1.6, "mean_cosine", 0.999),
+    ("int8 >= 2x ORT fp32", "funnel int8", "ort fp32", 2.0, "mean_cosine", 0.99),
+    ("fp32 >= 2x PyTorch", "funnel fp32", "torch fp32", 2.0, None, None),
 ]
 FP32_MAX_ABS = 1e-4
+# Accuracy bounds of the reduced-precision compute types (mean cosine to ORT fp32).
+COSINE_MIN = {"bf16": 0.999, "int8": 0.99}
 
 
-def best(cell, runtime):
-    """The fastest variant of a peer in this row (ORT: two exports; PyTorch: two models)."""
-    cands = [r for k, r in cell.items() if k.startswith(runtime + " ")]
+def best(cell, prefix):
+    """The fastest variant of a peer in this row: prefix "ort fp32" (two exports),
+    "torch fp32" / "torch bf16" (two models) or "torch int8" (one)."""
+    cands = [r for k, r in cell.items() if k.startswith(prefix + "-")]
     return min(cands, key=lambda r: r["median_ms"]) if cands else None
 
 
@@ -264,12 +269,38 @@ def peer(cell, name):
     return best(cell, name)
 
 
-def tagged(r, tags):
-    return f"{fmt_tps(r)} ({tags[r['variant']]})" if r else "-"
+def tag(r):
+    """o14 / o12 for the ONNX exports, hf / nn for the PyTorch models."""
+    return {"opset14": "o14", "opset12": "o12"}.get(r["variant"].split("-")[1],
+                                                    r["variant"].split("-")[1])
 
 
-ORT_TAGS = {"fp32-opset14": "o14", "fp32-opset12": "o12"}
-TORCH_TAGS = {"fp32-hf": "hf", "fp32-nn": "nn"}
+def tagged(r):
+    return f"{fmt_tps(r)} ({tag(r)})" if r else "-"
+
+
+def tagged_lat(r):
+    return f"{fmt_lat(r)} ({tag(r)})" if r else "-"
+
+
+def within_bounds(r, dtype):
+    """Whether a run's accuracy meets its compute type's bound (fp32 always counts)."""
+    return dtype == "fp32" or (r.get("mean_cosine") is not None
+                               and r["mean_cosine"] >= COSINE_MIN[dtype])
+
+
+def fastest(cell, runtime):
+    """(row, compute type) of a runtime's fastest compute type within its accuracy bound."""
+    cands = []
+    for dtype in ("fp32", "bf16", "int8"):
+        r = cell.get(f"funnel {dtype}") if runtime == "funnel" else best(cell, f"torch {dtype}")
+        if r and within_bounds(r, dtype):
+            cands.append((r, dtype))
+    return min(cands, key=lambda c: c[0]["median_ms"]) if cands else (None, None)
+
+
+def quotient(a, b):
+    return f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}" if a and b else "-"
 
 
 def fmt_tps(r):
@@ -285,7 +316,7 @@ def verdict(cell, target, paired):
     a, b = cell.get(num), peer(cell, den)
     if not a or not b:
         return None, "-"
-    if den == "ort" and paired.get(num):
+    if den.startswith("ort") and paired.get(num):
         ratio = statistics.median(paired[num])  # taking turns: paired by round
     else:
         ratio = a["tokens_per_s"] / b["tokens_per_s"]
@@ -325,34 +356,56 @@ for model in [m for m in MODEL_NAMES if any(k[0] == m for k in speed)]:
                 tally[target[0]][0 if ok else 1] += 1
                 if not ok:
                     shorts.append(f"{model} {k[1]}x{k[2]} t={k[3]}: {target[0]}: {txt}")
-        out.append(f"| {k[1]} x {k[2]} | {k[3]} | {tagged(best(cell, 'ort'), ORT_TAGS)} | "
-                   f"{tagged(best(cell, 'torch'), TORCH_TAGS)} | "
+        out.append(f"| {k[1]} x {k[2]} | {k[3]} | {tagged(best(cell, 'ort fp32'))} | "
+                   f"{tagged(best(cell, 'torch fp32'))} | "
                    f"{fmt_tps(cell.get('funnel fp32'))} | {fmt_tps(cell.get('funnel bf16'))} | "
                    f"{fmt_tps(cell.get('funnel int8'))} | {verdicts[0]} | {spread} | "
                    + " | ".join(verdicts[1:]) + " |")
+    if any(k.startswith("torch ") for kk in keys for k in speed[kk]):
+        out.append("\nfunnel against PyTorch at each compute type (tokens/s, and funnel's "
+                   "tokens/s over PyTorch's; PyTorch bf16 is the model cast to bfloat16, int8 "
+                   "dynamic quantization of its linear layers, see bench_torch.py), and the "
+                   "fastest compute type of each within its accuracy bound:\n")
+        out.append("| batch x seq | threads | PyTorch fp32 | PyTorch bf16 | PyTorch int8 "
+                   "| fp32 / PyTorch fp32 | bf16 / PyTorch bf16 | int8 / PyTorch int8 "
+                   "| fastest funnel / fastest PyTorch |")
+        out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+        for k in keys:
+            cell = speed[k]
+            torch_by = {d: best(cell, f"torch {d}") for d in ("fp32", "bf16", "int8")}
+            ratios = [quotient(cell.get(f"funnel {d}"), torch_by[d]) for d in torch_by]
+            (fr, fd), (tr, td) = fastest(cell, "funnel"), fastest(cell, "torch")
+            top = f"{quotient(fr, tr)} ({fd} / {td})" if fr and tr else "-"
+            out.append(f"| {k[1]} x {k[2]} | {k[3]} | "
+                       + " | ".join(tagged(torch_by[d]) for d in torch_by) + " | "
+                       + " | ".join(ratios) + f" | {top} |")
     out.append("\nLatency per call in ms, median / p90 over all timed calls (ONNX Runtime and "
                "funnel loaded together and taking turns in bursts of calls, at least "
                f"{info.get('rounds', 1)} turns each; PyTorch on its own after them):\n")
     out.append("| batch x seq | threads | ORT opset 14 | ORT opset 12 | PyTorch HF eager "
-               "| PyTorch nn fast path | funnel fp32 | funnel bf16 | funnel int8 |")
-    out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+               "| PyTorch nn fast path | PyTorch bf16 | PyTorch int8 | funnel fp32 | funnel bf16 "
+               "| funnel int8 |")
+    out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for k in keys:
         cell = speed[k]
         out.append(f"| {k[1]} x {k[2]} | {k[3]} | " + " | ".join(
-            fmt_lat(cell.get(v)) for v in ["ort fp32-opset14", "ort fp32-opset12",
-                                           "torch fp32-hf", "torch fp32-nn",
-                                           "funnel fp32", "funnel bf16", "funnel int8"]) + " |")
+            [fmt_lat(cell.get(v)) for v in ["ort fp32-opset14", "ort fp32-opset12",
+                                            "torch fp32-hf", "torch fp32-nn"]]
+            + [tagged_lat(best(cell, "torch bf16")), tagged_lat(best(cell, "torch int8"))]
+            + [fmt_lat(cell.get(v)) for v in ["funnel fp32", "funnel bf16", "funnel int8"]])
+                   + " |")
     out.append("\nAccuracy of the last hidden states against ONNX Runtime fp32 (opset 14) on the same "
                f"input (fp32: max |diff|, bound {FP32_MAX_ABS:g}; bf16 / int8: mean cosine over "
                "tokens, bounds 0.999 / 0.99):\n")
     out.append("| batch x seq | ORT opset 12 max abs diff | PyTorch fp32 max abs diff "
-               "| funnel fp32 max abs diff | funnel bf16 mean cosine | funnel int8 mean cosine |")
-    out.append("|---|--:|--:|--:|--:|--:|")
+               "| funnel fp32 max abs diff | PyTorch bf16 mean cosine | funnel bf16 mean cosine "
+               "| PyTorch int8 mean cosine | funnel int8 mean cosine |")
+    out.append("|---|--:|--:|--:|--:|--:|--:|--:|")
     for k in keys:
         if k[3] != min(kk[3] for kk in keys):
             continue
         cell = speed[k]
-        tb = cell.get("torch fp32-hf") or best(cell, "torch")
+        tb = cell.get("torch fp32-hf") or best(cell, "torch fp32")
         o12 = cell.get("ort fp32-opset12")
         f32, b16, i8 = cell.get("funnel fp32"), cell.get("funnel bf16"), cell.get("funnel int8")
 
@@ -365,7 +418,9 @@ for model in [m for m in MODEL_NAMES if any(k[0] == m for k in speed)]:
         out.append(f"| {k[1]} x {k[2]} | {acc(o12, 'max_abs_diff', '.2e', FP32_MAX_ABS, False)} | "
                    f"{acc(tb, 'max_abs_diff', '.2e', FP32_MAX_ABS, False)} | "
                    f"{acc(f32, 'max_abs_diff', '.2e', FP32_MAX_ABS, False)} | "
+                   f"{acc(cell.get('torch bf16-hf'), 'mean_cosine', '.6f', 0.999, True)} | "
                    f"{acc(b16, 'mean_cosine', '.6f', 0.999, True)} | "
+                   f"{acc(cell.get('torch int8-hf'), 'mean_cosine', '.6f', 0.99, True)} | "
                    f"{acc(i8, 'mean_cosine', '.6f', 0.99, True)} |")
     out.append("\nPeak memory of each runtime's process (MiB; VmHWM over all rows of the model; "
                "'start' is the process after loading the runtime, before the model):\n")

@@ -3,30 +3,46 @@
 """PyTorch side of the BERT encoder benchmark (see docs/encoder-benchmark.md).
 
 Loads the checkpoint that make_models.py wrote (model.safetensors) and times
-the forward pass, fp32, under torch.inference_mode(), on the token ids of
+the forward pass under torch.inference_mode(), on the token ids of
 <models-dir>/inputs/ids_<b>x<s>.npy (attention mask all ones, token types all
 zeros; input tensors are built outside the timed region, and no tokenization
 is timed for any runtime). Two implementations, one per process (--impl):
 
   hf  the Hugging Face BertModel structure written out in make_models.py
-      (the very module exported to ONNX): what serving a BERT from PyTorch
-      eagerly does;
+      (the module exported to ONNX), its projections run as torch.nn.Linear
+      (addmm, bias fused) as Hugging Face's BertModel runs them: what serving
+      a BERT from PyTorch eagerly does;
   nn  the same weights in torch.nn.TransformerEncoder, whose inference
       "fast path" (torch._transformer_encoder_layer_fwd: fused QKV
       projection and attention kernel) is PyTorch's own optimised encoder.
 
-The report uses the faster of the two for each row, so funnel is compared
-with the best PyTorch here. Threads: torch.set_num_threads(t) for each t in
+Three compute types (--dtype), the ways PyTorch itself offers to run a model
+faster on a CPU, each the peer of funnel's compute type of the same name:
+
+  fp32  as loaded (Debian's torch does the GEMMs in the system OpenBLAS);
+  bf16  the module cast to torch.bfloat16 (model.to(torch.bfloat16)): its
+        linear layers and attention products run on oneDNN's bf16 kernels,
+        LayerNorm and softmax in bf16 too;
+  int8  torch.ao.quantization.quantize_dynamic on every nn.Linear with
+        per_channel_dynamic_qconfig (int8 weights per output channel,
+        activations quantized per call, as funnel's int8 does), quantized
+        engine "onednn"; hf only: the nn fast path does not accept
+        dynamically quantized linear layers.
+
+The report uses the faster implementation for each row and compute type, so
+funnel is compared with the best PyTorch here. Threads: torch.set_num_threads(t) for each t in
 --threads (intra-op), one inter-op thread, and the same count for the
 OpenBLAS that Debian's torch calls for GEMMs (openblas_set_num_threads).
 
 One JSON line per (threads, shape) is appended to --out, with the largest
-absolute difference to ONNX Runtime's output when --ref-dir holds it, and
-one line with the process's peak RSS (VmHWM) at the end.
+absolute difference to ONNX Runtime's output when --ref-dir holds it (and,
+for bf16 and int8, the mean over tokens of the cosine between the two
+hidden-state rows), and one line with the process's peak RSS (VmHWM) at the
+end.
 
 Run with Debian's python (torch 1.13, numpy):
     /usr/bin/python3 benchmarks/bert/bench_torch.py --models-dir build-bench/bert-models \\
-        --model minilm-l6 --impl hf --out results.jsonl [--ref-dir DIR]
+        --model minilm-l6 --impl hf [--dtype fp32] --out results.jsonl [--ref-dir DIR]
 """
 
 import argparse
@@ -100,6 +116,42 @@ class NnEncoder(nn.Module):
         return self.encoder(x, src_key_padding_mask=attention_mask == 0)
 
 
+def serving_linears(model):
+    """make_models.Linear -> torch.nn.Linear, in place.
+
+    make_models.Linear computes matmul(x, W^T) + b so that the ONNX export
+    has Hugging Face's MatMul and Add nodes; served from PyTorch, Hugging
+    Face's BertModel runs nn.Linear, whose addmm fuses the bias (and which
+    quantize_dynamic recognises). Same parameters, same results.
+    """
+    for module in model.modules():
+        if type(module) is make_models.Linear:  # pylint: disable=unidiomatic-typecheck
+            module.__class__ = nn.Linear
+    return model
+
+
+def to_dtype(model, dtype):
+    """The model as PyTorch runs it in the given compute type (see the module doc)."""
+    if dtype == "bf16":
+        return model.to(torch.bfloat16)
+    if dtype == "int8":
+        from torch.ao.quantization import per_channel_dynamic_qconfig  # pylint: disable=import-outside-toplevel
+        if "onednn" not in torch.backends.quantized.supported_engines:
+            sys.exit("bench_torch.py: this torch has no onednn quantized engine")
+        torch.backends.quantized.engine = "onednn"
+        return torch.ao.quantization.quantize_dynamic(
+            model, {nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+    return model
+
+
+def mean_cosine(got, ref):
+    """Mean over rows (tokens) of the cosine between got's and ref's rows."""
+    got, ref = got.astype(np.float64), ref.astype(np.float64)
+    dots = np.sum(got * ref, axis=1)
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)
+    return float(np.mean(dots / np.maximum(norms, 1e-300)))
+
+
 def openblas():
     """The system OpenBLAS that Debian's torch does its fp32 GEMMs in, or None."""
     try:
@@ -164,6 +216,7 @@ def main():
     ap.add_argument("--models-dir", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--impl", choices=["hf", "nn"], required=True)
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "int8"], default="fp32")
     ap.add_argument("--out", required=True, help="JSON lines file to append to")
     ap.add_argument("--ref-dir", help="directory with ONNX Runtime's outputs (ort_<model>_<b>x<s>.npy)")
     ap.add_argument("--threads", default="1,2")
@@ -173,6 +226,8 @@ def main():
     ap.add_argument("--min-seconds", type=float, default=2.0)
     ap.add_argument("--max-runs", type=int, default=100)
     args = ap.parse_args()
+    if args.dtype == "int8" and args.impl == "nn":
+        ap.error("--dtype int8 runs --impl hf only (the nn fast path takes no quantized layers)")
 
     torch.set_num_interop_threads(1)
     set_blas_threads = openblas_setter()
@@ -180,9 +235,10 @@ def main():
         print("bench_torch.py: note: no libopenblas.so.0 in reach; BLAS threads not set",
               file=sys.stderr)
     start_rss = status_kib("VmRSS")
-    model = make_models.load_model(os.path.join(args.models_dir, args.model))
+    model = serving_linears(make_models.load_model(os.path.join(args.models_dir, args.model)))
     if args.impl == "nn":
         model = NnEncoder(model).eval()
+    model = to_dtype(model, args.dtype)
 
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     inputs = []
@@ -193,7 +249,7 @@ def main():
         t = torch.from_numpy(ids)
         inputs.append((b, s, (t, torch.ones_like(t), torch.zeros_like(t))))
 
-    variant = f"fp32-{args.impl}"
+    variant = f"{args.dtype}-{args.impl}"
     with open(args.out, "a", encoding="utf-8") as out, torch.inference_mode():
         for threads in (int(t) for t in args.threads.split(",")):
             torch.set_num_threads(threads)
@@ -204,14 +260,18 @@ def main():
                        "seq": s, "threads": threads}
                 ref_file = os.path.join(args.ref_dir or "", f"ort_{args.model}_{b}x{s}.npy")
                 if args.ref_dir and os.path.exists(ref_file):
-                    got = model(*feeds).reshape(b * s, -1).numpy()
+                    got = model(*feeds).reshape(b * s, -1).float().numpy()
                     ref = np.load(ref_file)
                     row["max_abs_diff"] = float(np.max(np.abs(got - ref)))
+                    if args.dtype != "fp32":
+                        row["mean_cosine"] = mean_cosine(got, ref)
                 row.update(time_shape(model, feeds, args))
                 row["tokens_per_s"] = b * s / (row["median_ms"] / 1e3)
                 out.write(json.dumps(row) + "\n")
                 out.flush()
                 diff = f", max |diff| to ORT {row['max_abs_diff']:.2e}" if "max_abs_diff" in row else ""
+                if "mean_cosine" in row:
+                    diff += f", mean cosine {row['mean_cosine']:.6f}"
                 print(f"torch {variant} {args.model} {b}x{s} t={threads}: median "
                       f"{row['median_ms']:.2f} ms, p90 {row['p90_ms']:.2f} ms, "
                       f"{row['tokens_per_s']:.0f} tok/s ({row['runs']} runs){diff}")

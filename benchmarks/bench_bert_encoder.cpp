@@ -23,6 +23,7 @@
 // Usage: bench_bert_encoder --models-dir DIR --model NAME --out FILE
 //                           [--compute fp32|bf16|int8] [--ref-dir DIR]
 //                           [--fp32-prepack 0|1] [--fp32-transposed-max-tokens N]
+//                           [--fp32-small-batch-max-tokens N]
 //                           [--huge-pages 0|1]
 //                           (defaults: the library's)
 //                           [--threads 1,2] [--shapes 1x16,1x128,32x128]
@@ -72,6 +73,7 @@ struct Options {
   funnel::BertComputeType compute = funnel::BertComputeType::fp32;
   bool fp32_prepack = funnel::BertEncoderConfig{}.fp32_prepack;
   std::size_t fp32_transposed_max_tokens = funnel::BertEncoderConfig{}.fp32_transposed_max_tokens;
+  std::size_t fp32_small_batch_max_tokens = funnel::BertEncoderConfig{}.fp32_small_batch_max_tokens;
   bool huge_pages = funnel::BertEncoderConfig{}.huge_pages;
   std::vector<std::size_t> threads = {1, 2};
   std::vector<std::pair<std::size_t, std::size_t>> shapes = {{1, 16}, {1, 128}, {32, 128}};
@@ -132,6 +134,8 @@ Options parse_options(int argc, char** argv) {
       o.huge_pages = value == "1";
     } else if (arg == "--fp32-transposed-max-tokens") {
       o.fp32_transposed_max_tokens = to_size(value);
+    } else if (arg == "--fp32-small-batch-max-tokens") {
+      o.fp32_small_batch_max_tokens = to_size(value);
     } else if (arg == "--threads") {
       o.threads.clear();
       for (const auto& t : split(value, ',')) o.threads.push_back(to_size(t));
@@ -325,6 +329,7 @@ int run(const Options& o) {
     config.max_batch = max_batch;
     config.fp32_prepack = o.fp32_prepack;
     config.fp32_transposed_max_tokens = o.fp32_transposed_max_tokens;
+    config.fp32_small_batch_max_tokens = o.fp32_small_batch_max_tokens;
     config.huge_pages = o.huge_pages;
     const funnel::BertEncoder encoder(config);
 

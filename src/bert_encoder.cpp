@@ -23,8 +23,8 @@
 #include "funnel/error.hpp"
 #include "funnel/safetensors.hpp"
 #include "internal/bert_checkpoint.hpp"
+#include "internal/bert_inplace_linear.hpp"
 #include "internal/bert_kernels.hpp"
-#include "internal/bert_linear_epilogue.hpp"
 #include "internal/error_util.hpp"
 #include "internal/huge_pages.hpp"
 #include "internal/utf8.hpp"
@@ -48,6 +48,9 @@ constexpr std::size_t kRowAlign = 16;
 constexpr std::size_t kChunkRows = 512;
 // Columns per OpenMP work item of kern::transposed_epilogue.
 constexpr std::size_t kEpilogueColumns = 64;
+// Output columns (weight rows) per OpenMP work item of kern::small_linear, a
+// multiple of its blocks of 4 rows.
+constexpr std::size_t kSmallLinearRows = 64;
 // Most attention scores (floats) materialised at once; sequences of one
 // length are batched into one pair of matrix products up to this bound.
 constexpr std::size_t kScoreBudget = std::size_t{1} << 21;
@@ -890,13 +893,18 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
   // fp32 with the output and feed-forward weights in the file's layout; the
   // fused QKV is always in oneDNN's layout (see load_weights).
   const bool in_place = linear_in == Dt::f32 && layers.front().out.w_f32.size() > 0;
-  const bool transposed = in_place && tokens <= config.fp32_transposed_max_tokens;
+  // A few tokens: funnel's own kernel on the mapped weights (AVX-512 only);
+  // more: the transposed product up to its limit.
+  const bool small = in_place && isa.avx512 && rows <= config.fp32_small_batch_max_tokens;
+  const bool transposed = in_place && !small && tokens <= config.fp32_transposed_max_tokens;
+  const auto is_small = [&](LinearKind kind) { return small && kind != LinearKind::qkv; };
   const auto is_transposed = [&](LinearKind kind) { return transposed && kind != LinearKind::qkv; };
   const auto primitive = [&](std::size_t ki, std::size_t m) {
     const auto kind = static_cast<LinearKind>(ki);
     return is_transposed(kind) ? transposed_primitive(kind, m) : linear_primitive(kind, m);
   };
   for (std::size_t ki = 0; ki < kLinearKinds; ++ki) {
+    if (is_small(static_cast<LinearKind>(ki))) continue;
     if (rows >= kChunkRows) plan[ki].full = primitive(ki, kChunkRows);
     if (rows % kChunkRows != 0) plan[ki].rest = primitive(ki, rows % kChunkRows);
     for (const auto& p : {plan[ki].full, plan[ki].rest}) {
@@ -950,11 +958,24 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
     const auto ki = static_cast<std::size_t>(kind);
     const std::size_t k = linear_k[ki];
     const std::size_t n = linear_n[ki];
+    // What linear_pd's post-ops do (the QKV product, whose output is stored,
+    // is always in oneDNN's layout, so never runs either way below).
+    const kern::LinearEpilogue epilogue =
+        kind == LinearKind::ffn1 ? kern::LinearEpilogue::gelu : kern::LinearEpilogue::add;
+    if (is_small(kind)) {
+      assert(out_dt == Dt::f32 && lw.w_f32.size() == k * n && rows <= kChunkRows);
+      const auto* xin_f = reinterpret_cast<const float*>(in);
+      auto* dst = reinterpret_cast<float*>(out);
+      const auto items = static_cast<std::ptrdiff_t>((n + kSmallLinearRows - 1) / kSmallLinearRows);
+#pragma omp parallel for if (parallel) schedule(static)
+      for (std::ptrdiff_t item = 0; item < items; ++item) {
+        const std::size_t c0 = static_cast<std::size_t>(item) * kSmallLinearRows;
+        kern::small_linear(isa, lw.w_f32.data(), k, xin_f, tokens, lw.bias.data(), dst, n, c0,
+                           std::min(n, c0 + kSmallLinearRows), epilogue);
+      }
+      return;
+    }
     if (is_transposed(kind)) {
-      // What linear_pd's post-ops do, after the transpose back (the QKV
-      // product, whose output is stored, never runs transposed).
-      const kern::LinearEpilogue epilogue =
-          kind == LinearKind::ffn1 ? kern::LinearEpilogue::gelu : kern::LinearEpilogue::add;
       assert(out_dt == Dt::f32 && lw.w_f32.size() == k * n);
       const auto kk = static_cast<memory::dim>(k);
       const auto nn = static_cast<memory::dim>(n);

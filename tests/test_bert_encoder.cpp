@@ -25,8 +25,8 @@
 #include "funnel/error.hpp"
 #include "funnel/npy.hpp"
 #include "funnel/safetensors.hpp"
+#include "internal/bert_inplace_linear.hpp"
 #include "internal/bert_kernels.hpp"
-#include "internal/bert_linear_epilogue.hpp"
 #include "test_util.hpp"
 
 namespace fs = std::filesystem;
@@ -248,17 +248,25 @@ TEST_CASE("BertEncoder: huge pages change no result, also with scratch of severa
   }
 }
 
-TEST_CASE("BertEncoder fp32: W . X^T and X . W^T on mapped weights both match the reference",
-          "[bert]") {
-  // A limit above the fixtures' batches (135 tokens) runs them as the
-  // transposed product W . X^T; 0 sends every batch to X . W^T.
+TEST_CASE(
+    "BertEncoder fp32: small-batch kernel, W . X^T and X . W^T on mapped weights all "
+    "match the reference",
+    "[bert]") {
+  // Limits above the fixtures' batches (135 tokens) run them in funnel's
+  // small-batch kernel (where the CPU has AVX-512) or as the transposed
+  // product W . X^T; 0 and 0 send every batch to X . W^T.
+  constexpr std::size_t kAll = std::size_t{1} << 20;
+  const std::array<std::pair<std::size_t, std::size_t>, 3> limits = {
+      {{kAll, 0}, {0, kAll}, {0, 0}}};
   for (const char* name : {"tiny_f32_cls", "tiny_f16_mean_st"}) {
     const Fixture f = load_fixture(name);
-    for (const std::size_t limit : {std::size_t{1} << 20, std::size_t{0}}) {
+    for (const auto& [small_max, transposed_max] : limits) {
       for (const std::size_t threads : {1, 2}) {
-        INFO(name << ", fp32_transposed_max_tokens " << limit << ", threads " << threads);
+        INFO(name << ", fp32_small_batch_max_tokens " << small_max
+                  << ", fp32_transposed_max_tokens " << transposed_max << ", threads " << threads);
         BertEncoderConfig c = config_for(fixture_dir(name));
-        c.fp32_transposed_max_tokens = limit;
+        c.fp32_small_batch_max_tokens = small_max;
+        c.fp32_transposed_max_tokens = transposed_max;
         c.threads = threads;
         const BertEncoder enc(c);
         const auto out = enc.forward(f.ids.view(), f.mask.view());
@@ -986,4 +994,73 @@ TEST_CASE("BertEncoder kernels: transposed_epilogue against double precision", "
   CHECK(k::gelu_erf(0.0F) == 0.0F);
   CHECK(k::gelu_erf(1.0F) == Approx(0.8413447460685429).epsilon(1e-6));
   CHECK(k::gelu_erf(-3.0F) == Approx(-3.0 * 0.0013498980316301).epsilon(1e-5));
+}
+
+TEST_CASE("BertEncoder kernels: small_linear against double precision", "[bert][kernels]") {
+  namespace k = funnel::detail::bert;
+  const k::KernelIsa cpu = k::detect_isa();
+  const k::KernelIsa none{};
+  std::mt19937 rng(12);
+  std::normal_distribution<float> normal(0.0F, 1.0F);
+  const double sqrt_half = std::sqrt(0.5);
+  // y[t, n] (op)= x[t, :] . w[n, :] + bias[n]: token counts around the
+  // kernel's blocks of 8 tokens, output counts around its blocks of 4 rows
+  // (and past the prefetch distance), inner sizes around 16 lanes; two output
+  // ranges, as threads split them. Bound: float sums of k products of
+  // unit-normal values, against double.
+  for (const std::size_t tokens : {1U, 3U, 8U, 9U, 16U, 23U, 32U}) {
+    for (const std::size_t n : {1U, 3U, 4U, 13U, 40U}) {
+      for (const std::size_t kk : {5U, 16U, 37U, 384U}) {
+        std::vector<float> w(n * kk), x(tokens * kk), bias(n), base(tokens * n);
+        for (float& v : w) v = normal(rng);
+        for (float& v : x) v = normal(rng);
+        for (float& v : bias) v = normal(rng);
+        for (float& v : base) v = normal(rng);
+        for (const k::LinearEpilogue ep :
+             {k::LinearEpilogue::store, k::LinearEpilogue::gelu, k::LinearEpilogue::add}) {
+          for (const k::KernelIsa isa : {none, cpu}) {
+            INFO("small_linear tokens " << tokens << " n " << n << " k " << kk << " epilogue "
+                                        << static_cast<int>(ep) << " avx512 " << isa.avx512);
+            std::vector<float> y = base;
+            const std::size_t split = n / 2 + (n > 2 ? 1 : 0);
+            k::small_linear(isa, w.data(), kk, x.data(), tokens, bias.data(), y.data(), n, 0, split,
+                            ep);
+            k::small_linear(isa, w.data(), kk, x.data(), tokens, bias.data(), y.data(), n, split, n,
+                            ep);
+            std::size_t wrong = 0;
+            for (std::size_t t = 0; t < tokens; ++t) {
+              for (std::size_t c = 0; c < n; ++c) {
+                double v = bias[c];
+                for (std::size_t i = 0; i < kk; ++i) {
+                  v += static_cast<double>(x[t * kk + i]) * static_cast<double>(w[c * kk + i]);
+                }
+                if (ep == k::LinearEpilogue::gelu) v = 0.5 * v * (1.0 + std::erf(v * sqrt_half));
+                if (ep == k::LinearEpilogue::add) v += base[t * n + c];
+                const double bound = 1e-7 * static_cast<double>(kk) + 5e-7 * (1.0 + std::fabs(v));
+                if (std::fabs(y[t * n + c] - v) > bound) ++wrong;
+              }
+            }
+            CHECK(wrong == 0);
+          }
+        }
+      }
+    }
+  }
+  // By hand: w = [[1, 2], [3, 4], [5, 6]] (n = 3, k = 2), x = [[1, 1], [2, -1]],
+  // bias 10, 20, 30 -> y = [[13, 27, 41], [10, 22, 34]]; add onto ones.
+  {
+    const std::vector<float> w32 = {1, 2, 3, 4, 5, 6};
+    const std::vector<float> x22 = {1, 1, 2, -1};
+    const std::vector<float> b3 = {10, 20, 30};
+    for (const k::KernelIsa isa : {none, cpu}) {
+      std::vector<float> y(6, -1.0F);
+      k::small_linear(isa, w32.data(), 2, x22.data(), 2, b3.data(), y.data(), 3, 0, 3,
+                      k::LinearEpilogue::store);
+      CHECK(y == std::vector<float>{13, 27, 41, 10, 22, 34});
+      std::vector<float> acc(6, 1.0F);
+      k::small_linear(isa, w32.data(), 2, x22.data(), 2, b3.data(), acc.data(), 3, 0, 3,
+                      k::LinearEpilogue::add);
+      CHECK(acc == std::vector<float>{14, 28, 42, 11, 23, 35});
+    }
+  }
 }

@@ -156,6 +156,14 @@ TEST_CASE("SentencePieceTokenizer: bad input and bad files are clear errors", "[
     funnel::testing::write_bytes(junk, "");
     CHECK(error_of([&] { SentencePieceTokenizer t(junk); }).code() == ErrorCode::format);
   }
+  SECTION("special pieces where XLM-R's mapping does not have them") {
+    // T5's layout (<pad> 0, </s> 1, <unk> 2, no <s>), trained by the fixture script.
+    const fs::path t5 = fixture_dir().parent_path() / "spm_t5_specials.model";
+    const Error m = error_of([&] { SentencePieceTokenizer t(t5); });
+    CHECK(m.code() == ErrorCode::unsupported);
+    CHECK_THAT(m.what(), Catch::Contains("spm_t5_specials.model") &&
+                             Catch::Contains("<unk> 2, <s> -1, </s> 1"));
+  }
   SECTION("max_length below 2") {
     CHECK(error_of([&] { SentencePieceTokenizer t(model, 1); }).code() ==
           ErrorCode::invalid_argument);

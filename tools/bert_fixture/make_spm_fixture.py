@@ -26,6 +26,11 @@ pad_token_id + 1. This script makes one checkpoint of each kind,
     tokenizer's ids, as multilingual-e5-small's 250,037 rows exceed XLM-R's
     250,002 ids.
 
+It also writes `spm_t5_specials.model`, a SentencePiece model with T5's
+special pieces (<pad> 0, </s> 1, <unk> 2, no <s>; identity normalisation,
+so only a few KiB), which funnel must refuse: XLM-R's id mapping assumes
+<unk> 0, <s> 1, </s> 2.
+
 Run with Debian's python (torch 1.13, numpy, sentencepiece 0.1.97), CPU only:
     /usr/bin/python3 tools/bert_fixture/make_spm_fixture.py --out tests/data/bert
 """
@@ -88,6 +93,28 @@ def train_spm(path_prefix):
         hard_vocab_limit=True,
         minloglevel=2,
     )
+
+
+def train_t5_specials(path_prefix):
+    """A model whose special pieces are where T5's are (see the module doc)."""
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=io.StringIO(corpus_text()),
+        model_prefix=path_prefix,
+        model_type="unigram",
+        vocab_size=100,
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        num_threads=1,
+        shuffle_input_sentence=False,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    os.remove(path_prefix + ".vocab")
+    sp = spm.SentencePieceProcessor(model_file=path_prefix + ".model")
+    assert (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
+    print(f"{path_prefix}.model: {sp.get_piece_size()} pieces, "
+          f"{os.path.getsize(path_prefix + '.model') / 1024:.1f} KiB")
 
 
 def xlmr_ids(sp, text, max_length):
@@ -259,6 +286,7 @@ def main():
     model = None
     for spec in SPECS:  # the first trains the SentencePiece model, the others copy it
         model = make_fixture(spec, args.out, model)
+    train_t5_specials(os.path.join(args.out, "spm_t5_specials"))
     return 0
 
 

@@ -48,9 +48,12 @@ constexpr std::size_t kRowAlign = 16;
 constexpr std::size_t kChunkRows = 512;
 // Columns per OpenMP work item of kern::transposed_epilogue.
 constexpr std::size_t kEpilogueColumns = 64;
-// Output columns (weight rows) per OpenMP work item of kern::small_linear, a
-// multiple of its blocks of 4 rows.
+// Output columns (weight rows) per OpenMP work item of kern::small_linear: a
+// multiple of its blocks of 4 rows, at most this many, and fewer when that
+// gives each thread at least two items (MiniLM-L6's 384 columns in items of
+// 64 would leave all but 6 threads idle), but at least 16.
 constexpr std::size_t kSmallLinearRows = 64;
+constexpr std::size_t kSmallLinearMinRows = 16;
 // Most attention scores (floats) materialised at once; sequences of one
 // length are batched into one pair of matrix products up to this bound.
 constexpr std::size_t kScoreBudget = std::size_t{1} << 21;
@@ -966,12 +969,15 @@ void BertEncoder::Impl::run_batch(std::span<const Sequence> seqs, Workspace& ws,
       assert(out_dt == Dt::f32 && lw.w_f32.size() == k * n && rows <= kChunkRows);
       const auto* xin_f = reinterpret_cast<const float*>(in);
       auto* dst = reinterpret_cast<float*>(out);
-      const auto items = static_cast<std::ptrdiff_t>((n + kSmallLinearRows - 1) / kSmallLinearRows);
+      const std::size_t per_item =
+          std::clamp(round_up((n + 2 * config.threads - 1) / (2 * config.threads), 4),
+                     kSmallLinearMinRows, kSmallLinearRows);
+      const auto items = static_cast<std::ptrdiff_t>((n + per_item - 1) / per_item);
 #pragma omp parallel for if (parallel) schedule(static)
       for (std::ptrdiff_t item = 0; item < items; ++item) {
-        const std::size_t c0 = static_cast<std::size_t>(item) * kSmallLinearRows;
+        const std::size_t c0 = static_cast<std::size_t>(item) * per_item;
         kern::small_linear(isa, lw.w_f32.data(), k, xin_f, tokens, lw.bias.data(), dst, n, c0,
-                           std::min(n, c0 + kSmallLinearRows), epilogue);
+                           std::min(n, c0 + per_item), epilogue);
       }
       return;
     }

@@ -53,9 +53,9 @@ void transposed_epilogue(KernelIsa isa, const float* yt, std::size_t ld, std::si
 /// ranges. Meant for a few dozen tokens (each weight row is read once, the
 /// input rows many times); the AVX-512 path sums in another order than the
 /// portable loop.
-void small_linear(KernelIsa isa, const float* w, std::size_t k, const float* x,
-                  std::size_t tokens, const float* bias, float* y, std::size_t n_total,
-                  std::size_t n_begin, std::size_t n_end, LinearEpilogue epilogue) noexcept;
+void small_linear(KernelIsa isa, const float* w, std::size_t k, const float* x, std::size_t tokens,
+                  const float* bias, float* y, std::size_t n_total, std::size_t n_begin,
+                  std::size_t n_end, LinearEpilogue epilogue) noexcept;
 
 /// GELU with std::erf, as the portable path computes it (the AVX-512 path
 /// approximates erf within 1.5e-7 plus float rounding; tests compare both

@@ -33,6 +33,11 @@ The report uses the faster implementation for each row and compute type, so
 funnel is compared with the best PyTorch here. Threads: torch.set_num_threads(t) for each t in
 --threads (intra-op), one inter-op thread, and the same count for the
 OpenBLAS that Debian's torch calls for GEMMs (openblas_set_num_threads).
+OMP_WAIT_POLICY=PASSIVE (unless the environment sets it): torch's OpenMP
+threads otherwise spin after each parallel region and take the cores from
+OpenBLAS's own threads; on 2 threads that made PyTorch 1.8-3.9x slower than
+with the setting (MiniLM-L6 1 x 16 and 1 x 128, 2026-11-28), slower than on
+one thread.
 
 One JSON line per (threads, shape) is appended to --out, with the largest
 absolute difference to ONNX Runtime's output when --ref-dir holds it (and,
@@ -53,9 +58,12 @@ import os
 import sys
 import time
 
-import numpy as np
-import torch
-from torch import nn
+# Before torch (and its libgomp) loads; see the module doc.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_models  # noqa: E402  (the model definition and safetensors reader)

@@ -33,11 +33,13 @@ The report uses the faster implementation for each row and compute type, so
 funnel is compared with the best PyTorch here. Threads: torch.set_num_threads(t) for each t in
 --threads (intra-op), one inter-op thread, and the same count for the
 OpenBLAS that Debian's torch calls for GEMMs (openblas_set_num_threads).
-OMP_WAIT_POLICY=PASSIVE (unless the environment sets it): torch's OpenMP
-threads otherwise spin after each parallel region and take the cores from
-OpenBLAS's own threads; on 2 threads that made PyTorch 1.8-3.9x slower than
-with the setting (MiniLM-L6 1 x 16 and 1 x 128, 2026-11-28), slower than on
-one thread.
+fp32 runs with OMP_WAIT_POLICY=PASSIVE (unless the environment sets it):
+torch's OpenMP threads otherwise spin after each parallel region and take
+the cores from OpenBLAS's own threads; on 2 threads that made PyTorch
+1.8-3.9x slower than with the setting (MiniLM-L6 1 x 16 and 1 x 128,
+2026-11-28), slower than on one thread. bf16 and int8 keep OpenMP's default:
+oneDNN does their products on the OpenMP threads themselves, and waking
+sleeping threads for every parallel region made them up to 2.7x slower.
 
 One JSON line per (threads, shape) is appended to --out, with the largest
 absolute difference to ONNX Runtime's output when --ref-dir holds it (and,
@@ -58,8 +60,20 @@ import os
 import sys
 import time
 
+
+def _dtype_argument(argv):
+    """--dtype's value, read before argparse runs (torch must not be loaded yet)."""
+    for i, arg in enumerate(argv):
+        if arg == "--dtype" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--dtype="):
+            return arg.split("=", 1)[1]
+    return "fp32"
+
+
 # Before torch (and its libgomp) loads; see the module doc.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if _dtype_argument(sys.argv[1:]) == "fp32":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -14,6 +14,12 @@ float apply(LinearEpilogue epilogue, float v) noexcept {
   return epilogue == LinearEpilogue::gelu ? 0.5F * v * (1.0F + std::erf(v * kSqrtHalf)) : v;
 }
 
+// out (op)= v after the activation: the portable loops' whole epilogue.
+void finish(LinearEpilogue epilogue, float& out, float v) noexcept {
+  v = apply(epilogue, v);
+  out = epilogue == LinearEpilogue::add ? out + v : v;
+}
+
 namespace portable {
 
 void transposed_epilogue(const float* yt, std::size_t ld, std::size_t rows, const float* bias,
@@ -21,10 +27,7 @@ void transposed_epilogue(const float* yt, std::size_t ld, std::size_t rows, cons
                          LinearEpilogue epilogue) noexcept {
   for (std::size_t m = 0; m < rows; ++m) {
     float* o = out + m * n_total;
-    for (std::size_t n = n_begin; n < n_end; ++n) {
-      const float v = apply(epilogue, yt[n * ld + m] + bias[n]);
-      o[n] = epilogue == LinearEpilogue::add ? o[n] + v : v;
-    }
+    for (std::size_t n = n_begin; n < n_end; ++n) finish(epilogue, o[n], yt[n * ld + m] + bias[n]);
   }
 }
 
@@ -38,8 +41,7 @@ void small_linear(const float* w, std::size_t k, const float* x, std::size_t tok
       const float* wn = w + n * k;
       float acc = 0.0F;
       for (std::size_t i = 0; i < k; ++i) acc += xt[i] * wn[i];
-      const float v = apply(epilogue, acc + bias[n]);
-      o[n] = epilogue == LinearEpilogue::add ? o[n] + v : v;
+      finish(epilogue, o[n], acc + bias[n]);
     }
   }
 }
